@@ -1,0 +1,79 @@
+"""The pipeline's own overhead per question, against a generator that returns at once.
+
+Compares, side by side in one run, the hand-written minimum (build the budgeted prompt, make one
+batched generator call) with `TalePipeline` doing the whole job (estimation prompts, parsing the
+estimate, clamping, answer prompts, answer extraction, result values), in TALE-EP, fixed-budget and
+vanilla modes, batched, async and one question at a time. "overhead" is the pipeline's time per
+question minus the baseline's; the model itself costs nothing here, so this is all our own code.
+
+    python benchmarks/core_overhead.py [--questions 2000] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import statistics
+import time
+
+from tale_integrations import Generation, TalePipeline, Usage
+from tale_integrations.core.prompts import answer_messages
+
+_ESTIMATE = Generation(text="Budget: [[42]]", usage=Usage(input_tokens=90, output_tokens=6), finish_reason="stop", model="instant")
+_ANSWER = Generation(text="3 + 4 = 7. [[7]]", usage=Usage(input_tokens=60, output_tokens=12), finish_reason="stop", model="instant")
+
+
+class InstantGenerator:
+    """Returns canned generations at once: the cost of a model call is zero."""
+
+    model_name = "instant"
+
+    def generate(self, prompts, *, max_tokens=None, stop=None, temperature=None):
+        reply = _ESTIMATE if "estimate the minimum" in prompts[0][-1]["content"] else _ANSWER
+        return [reply] * len(prompts)
+
+    async def agenerate(self, prompts, **kwargs):
+        return self.generate(prompts, **kwargs)
+
+
+def best_of(repeats: int, fn) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--questions", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    n, gen = args.questions, InstantGenerator()
+    questions = [f"Tom has {i} apples and buys 4 more. How many apples does he have?" for i in range(n)]
+    # The baseline is what a user would write by hand: build the budgeted prompt, call the model.
+    direct = best_of(args.repeats, lambda: gen.generate([answer_messages(q, budget=42) for q in questions])) / n
+    rows = [("hand-built prompt + generator call", direct)]
+    for label, tale in [
+        ("TALE-EP batch (estimate + answer)", TalePipeline(gen)),
+        ("fixed budget batch", TalePipeline(gen, budget=50)),
+        ("vanilla CoT batch", TalePipeline(gen, mode="vanilla")),
+    ]:
+        rows.append((label, best_of(args.repeats, lambda t=tale: t.batch(questions)) / n))
+    tale = TalePipeline(gen)
+    subset = questions[: max(1, n // 10)]
+    rows.append(("TALE-EP invoke, one at a time", best_of(args.repeats, lambda: [tale.invoke(q) for q in subset]) / len(subset)))
+    rows.append(("TALE-EP abatch", best_of(args.repeats, lambda: asyncio.run(tale.abatch(questions))) / n))
+
+    print(f"python {platform.python_version()} on {platform.machine()} ({platform.processor() or 'cpu'}), "
+          f"{n} questions, best of {args.repeats}")
+    print(f"{'path':<36} {'us/question':>12} {'overhead us':>12} {'ratio':>8}")
+    for label, seconds in rows:
+        us = seconds * 1e6
+        print(f"{label:<36} {us:>12.1f} {us - direct * 1e6:>12.1f} {seconds / direct:>8.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The ``tale`` command.
+
+``tale ask "QUESTION"`` answers with TALE-EP on the embedded SmolLM2-135M-Instruct model (or any
+local model folder given with ``--model``) and prints the answer, the budget and the tokens used;
+``--compare`` also answers with vanilla chain-of-thought and prints the saving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .core.budget import BudgetPolicy
+from .core.pipeline import Mode, TalePipeline, TaleResult
+from .core.prompts import QuestionFormat
+
+__all__ = ["main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 2:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 2, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``tale`` command."""
+    parser = argparse.ArgumentParser(prog="tale", description="Token-budget-aware reasoning (TALE).")
+    parser.add_argument("--version", action="version", version=f"tale-integrations {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ask = sub.add_parser(
+        "ask",
+        help="answer a question with TALE-EP on a local model",
+        description="Estimate a token budget for the question, then answer within it (TALE-EP). "
+        "Uses the embedded SmolLM2-135M-Instruct model unless --model is given.",
+    )
+    ask.add_argument("question", help="the question to answer")
+    ask.add_argument("--model", metavar="PATH", help="a local Hugging Face model folder (default: the embedded model)")
+    ask.add_argument("--budget", type=_positive_int, metavar="N", help="use this budget instead of estimating one")
+    ask.add_argument("--compare", action="store_true", help="also answer with vanilla chain-of-thought and compare")
+    ask.add_argument(
+        "--format", choices=[f.value for f in QuestionFormat if f is not QuestionFormat.MULTIPLE_CHOICE],
+        default=QuestionFormat.CHAT.value,
+        help="prompt format: 'chat' (free-form, default) or 'gsm8k' (asks for a [[number]] answer)",
+    )
+    ask.add_argument("--max-tokens", type=_positive_int, default=512, metavar="N", help="hard cap on answer tokens (default 512)")
+    ask.add_argument("--min-budget", type=_positive_int, default=BudgetPolicy().min_budget, metavar="N",
+                     help="floor for estimated budgets (default %(default)s)")
+    ask.add_argument("--temperature", type=_temperature, default=0.0, help="0 = greedy (default)")
+    ask.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    ask.add_argument("--json", action="store_true", help="print the full results as JSON")
+    ask.set_defaults(handler=_ask)
+    return parser
+
+
+def _usage_line(result: TaleResult) -> str:
+    u = result.usage
+    line = f"answer call {u.input_tokens} in / {u.output_tokens} out"
+    if result.estimator_usage is not None:
+        e = result.estimator_usage
+        line = f"estimator call {e.input_tokens} in / {e.output_tokens} out; " + line
+    return line
+
+
+def _describe(title: str, result: TaleResult) -> list[str]:
+    lines = [f"== {title} ==", result.text.strip() or "(empty answer)", ""]
+    if result.answer is not None:
+        lines.append(f"Extracted answer: {result.answer}")
+    if result.budget is not None and result.budget.tokens is not None:
+        b = result.budget
+        if b.source == "fallback":
+            origin = f"fallback: the estimator gave no usable number ({b.adjusted})"
+        elif result.estimator:
+            origin = f"estimated by {result.estimator}"
+        else:
+            origin = f"given ({b.source})"
+        raw = f", raw estimate {b.raw}" if b.raw is not None and b.raw != b.tokens else ""
+        adjusted = f", {b.adjusted}" if b.adjusted and b.source != "fallback" else ""
+        lines.append(f"Budget: {b.tokens} tokens ({origin}{raw}{adjusted})")
+    elif result.mode is Mode.TALE_EP and result.budget is not None:
+        lines.append(f"Budget: none ({result.budget.adjusted}; answered with plain chain-of-thought)")
+    truncated = " (hit the token cap)" if result.finish_reason == "length" else ""
+    lines.append(f"Output tokens: {result.usage.output_tokens}{truncated}")
+    lines.append(f"Tokens: {_usage_line(result)}; total {result.total_usage.total_tokens} [{result.usage.counter}]")
+    return lines
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from ._optional import require
+
+    require("transformers", extra="hf", purpose="`tale ask`")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    from .backends.hf import HFGenerator
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    generator = HFGenerator(args.model, device=args.device, temperature=args.temperature, progress=progress)
+    common: dict[str, Any] = {"format": args.format, "max_tokens": args.max_tokens}
+    policy = BudgetPolicy(min_budget=args.min_budget, max_budget=max(args.min_budget, args.max_tokens),
+                          fallback_budget=max(args.min_budget, min(128, args.max_tokens)))
+    if args.budget is not None:
+        tale = TalePipeline(generator, budget=args.budget, policy=policy, **common)
+    else:
+        tale = TalePipeline(generator, mode=Mode.TALE_EP, policy=policy, **common)
+    result = tale.invoke(args.question)
+    results = {"tale": result}
+    if args.compare:
+        results["vanilla"] = TalePipeline(generator, mode=Mode.VANILLA, **common).invoke(args.question)
+
+    if args.json:
+        print(json.dumps({k: v.to_dict() for k, v in results.items()}, indent=2))
+        return 0
+    title = "TALE-EP" if args.budget is None else f"fixed budget {args.budget}"
+    lines = [f"Model: {result.model}", ""] + _describe(title, result)
+    if args.compare:
+        vanilla = results["vanilla"]
+        lines += [""] + _describe("vanilla chain-of-thought", vanilla) + [""]
+        t, v = result.usage.output_tokens, vanilla.usage.output_tokens
+        if v:
+            change = f"{(v - t) / v:.0%} fewer" if t <= v else f"{(t - v) / v:.0%} more"
+            lines.append(f"Answer tokens: TALE {t} vs vanilla {v} ({change})")
+        tt, vt = result.total_usage.total_tokens, vanilla.total_usage.total_tokens
+        lines.append(f"All tokens (estimator included): TALE {tt} vs vanilla {vt}")
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``tale`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, TypeError, OSError, ImportError) as exc:
+        print(f"tale {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

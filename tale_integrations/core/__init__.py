@@ -1,0 +1,1 @@
+"""The framework-free TALE core: prompts, budgets, token counting, generation, estimation, answers."""

@@ -1,0 +1,212 @@
+"""Token budgets: parsing an estimator's reply and turning a raw estimate into a safe budget.
+
+`parse_budget` reads the first ``[[digits]]`` of an estimator's reply. `BudgetPolicy` owns every
+number a user may want to change (the floor, the cap, the scale α, the fallback) and is the only
+place a budget is clamped. The result is a `Budget` value that says where the number came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+__all__ = ["Budget", "BudgetPolicy", "OnParseFailure", "parse_budget"]
+
+# Budgets longer than this many digits are absurd; they are read as "too large" without converting
+# the digits (Python refuses to convert very long digit strings, and nothing needs them).
+_MAX_DIGITS = 9
+_TOO_LARGE = 10**_MAX_DIGITS
+
+_STRICT = re.compile(r"\[\[(\d+)\]\]")
+_LENIENT_BRACKETS = re.compile(r"\[\[\s*(\d{1,3}(?:,\d{3})+|\d+)\s*\]\]")
+_LENIENT_LABEL = re.compile(r"\bbudget\s*[:=]\s*(\d{1,3}(?:,\d{3})+|\d+)\b", re.IGNORECASE)
+
+
+def _to_int(digits: str) -> int:
+    digits = digits.replace(",", "").lstrip("0") or "0"
+    return _TOO_LARGE if len(digits) > _MAX_DIGITS else int(digits)
+
+
+def parse_budget(text: str, *, lenient: bool = True) -> int | None:
+    """Read the budget from an estimator's reply.
+
+    The paper's rule: the first ``[[<digits>]]`` in the reply. When none is present and ``lenient``
+    is true, two fallbacks are tried in order: a bracketed number with spaces or thousands
+    separators (``[[ 40 ]]``, ``[[1,000]]``), then a label (``Budget: 40``). A number longer than nine
+    digits reads as 10**9 (the policy's cap then applies).
+
+    Args:
+        text: The estimator's reply.
+        lenient: Also accept the two fallback forms.
+
+    Returns:
+        The number (possibly 0, which the policy raises to its floor), or None when no budget is found.
+
+    Raises:
+        TypeError: ``text`` is not a string.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    match = _STRICT.search(text)
+    if match is None and lenient:
+        match = _LENIENT_BRACKETS.search(text) or _LENIENT_LABEL.search(text)
+    return None if match is None else _to_int(match.group(1))
+
+
+class OnParseFailure(enum.StrEnum):
+    """What to do when the estimator gives no usable number."""
+
+    #: Use `BudgetPolicy.fallback_budget`.
+    DEFAULT = "default"
+    #: Send plain chain-of-thought with no budget.
+    VANILLA = "vanilla"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Budget:
+    """A resolved budget for one question.
+
+    Attributes:
+        tokens: The budget written into the prompt, or None for plain chain-of-thought.
+        raw: The estimator's number before scaling and clamping (None when there was none).
+        source: Who produced it: the estimator's name, ``"fixed"``, ``"caller"`` or ``"fallback"``.
+        adjusted: Why ``tokens`` differs from ``raw``, if it does: ``"scaled"``, ``"raised to floor"``,
+            ``"lowered to cap"``, ``"parse failed"`` or ``"estimator failed"`` (comma-joined).
+    """
+
+    tokens: int | None
+    raw: int | None = None
+    source: str = "fixed"
+    adjusted: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens is not None and (
+            isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 1
+        ):
+            raise ValueError(f"Budget.tokens must be a positive int or None, got {self.tokens!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetPolicy:
+    """How a raw estimate becomes the budget in the prompt.
+
+    ``tokens = clamp(ceil(raw * scale), min_budget, min(max_budget, limit))``.
+
+    Attributes:
+        min_budget: The floor. Budgets that are too small backfire (token elasticity: GPT-4o-mini
+            wrote 157 tokens under "less than 10" but 86 under "less than 50"), so estimates below
+            the floor are raised to it. Default 20.
+        max_budget: The cap. Default 1024, the paper's output-token limit.
+        scale: α, multiplies the raw estimate before clamping (the paper's α = 2 traded tokens for
+            accuracy). Default 1.0.
+        on_parse_failure: `OnParseFailure`: ``"default"`` (use ``fallback_budget``) or
+            ``"vanilla"`` (no budget). Default ``"default"``.
+        fallback_budget: The budget used when the estimate is missing. Default 128.
+    """
+
+    min_budget: int = 20
+    max_budget: int = 1024
+    scale: float = 1.0
+    on_parse_failure: OnParseFailure | str = OnParseFailure.DEFAULT
+    fallback_budget: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("min_budget", "max_budget", "fallback_budget"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"BudgetPolicy.{name} must be a positive int, got {value!r}")
+        if self.max_budget < self.min_budget:
+            raise ValueError(
+                f"BudgetPolicy.max_budget ({self.max_budget}) is below min_budget ({self.min_budget}); "
+                "raise max_budget or lower min_budget"
+            )
+        if self.max_budget > _TOO_LARGE:
+            raise ValueError(f"BudgetPolicy.max_budget must be at most {_TOO_LARGE}, got {self.max_budget}")
+        if not self.min_budget <= self.fallback_budget <= self.max_budget:
+            raise ValueError(
+                f"BudgetPolicy.fallback_budget ({self.fallback_budget}) must lie between min_budget "
+                f"({self.min_budget}) and max_budget ({self.max_budget})"
+            )
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not (
+            math.isfinite(self.scale) and self.scale > 0
+        ):
+            raise ValueError(f"BudgetPolicy.scale must be a positive finite number, got {self.scale!r}")
+        try:
+            object.__setattr__(self, "on_parse_failure", OnParseFailure(self.on_parse_failure))
+        except ValueError:
+            allowed = ", ".join(repr(m.value) for m in OnParseFailure)
+            raise ValueError(
+                f"BudgetPolicy.on_parse_failure must be one of {allowed}, got {self.on_parse_failure!r}"
+            ) from None
+
+    def _cap(self, limit: int | None) -> int:
+        if limit is None:
+            return self.max_budget
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int or None, got {type(limit).__name__}")
+        return max(1, min(self.max_budget, limit))
+
+    def resolve(self, raw: int | None, *, source: str, limit: int | None = None, failure: str | None = None) -> Budget:
+        """Turn a raw estimate into a `Budget`.
+
+        Args:
+            raw: The estimator's number, or None when it gave none.
+            source: Name of the estimator (recorded in the `Budget`).
+            limit: A further cap from the model, such as the room left in its context window. When
+                it is below ``min_budget``, ``limit`` wins: a budget must fit the model.
+            failure: Why ``raw`` is None (default ``"parse failed"``).
+
+        Returns:
+            A `Budget`; its ``tokens`` are never zero, negative or above the cap.
+        """
+        cap = self._cap(limit)
+        if raw is None:
+            reason = failure or "parse failed"
+            if self.on_parse_failure is OnParseFailure.VANILLA:
+                return Budget(tokens=None, raw=None, source=source, adjusted=reason)
+            return Budget(tokens=min(self.fallback_budget, cap), raw=None, source="fallback", adjusted=reason)
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise TypeError(f"raw must be an int or None, got {type(raw).__name__}")
+        notes = []
+        value = raw
+        if self.scale != 1:
+            # Exact arithmetic: ceil(100 * 1.1) must be 110, not 111 from float error.
+            value = min(math.ceil(raw * Fraction(str(self.scale))), _TOO_LARGE)
+            notes.append("scaled")
+        if value < self.min_budget:
+            value = self.min_budget
+            notes.append("raised to floor")
+        if value > cap:
+            value = cap
+            notes.append("lowered to cap")
+        return Budget(tokens=value, raw=raw, source=source, adjusted=", ".join(notes) or None)
+
+    def fixed(self, tokens: int, *, source: str = "fixed", limit: int | None = None) -> Budget:
+        """A budget the caller chose: validated, kept as given unless it exceeds the model's limit.
+
+        The floor and cap of the policy apply to estimates, not to a number the caller asked for;
+        only a model ``limit`` lowers it (and says so).
+
+        Raises:
+            ValueError: ``tokens`` is not a positive int.
+        """
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+            raise ValueError(f"budget must be a positive int, got {tokens!r}")
+        if limit is not None and tokens > limit:
+            return Budget(tokens=max(1, limit), raw=tokens, source=source, adjusted="lowered to cap")
+        return Budget(tokens=tokens, raw=tokens, source=source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (round-trips through ``BudgetPolicy(**d)``)."""
+        d = dataclasses.asdict(self)
+        d["on_parse_failure"] = str(self.on_parse_failure)
+        return d

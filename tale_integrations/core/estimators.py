@@ -1,0 +1,188 @@
+"""Budget estimators: where a question's raw token budget comes from.
+
+A `BudgetEstimator` turns a batch of questions into one `Estimate` each: the raw number (None when
+there is none), the estimator's reply text, and the usage of the estimator's own call. The
+`BudgetPolicy` then scales and clamps it; estimators never clamp.
+
+Writing your own: any object with a ``name`` attribute and ``estimate(questions)`` /
+``aestimate(questions)`` methods returning ``list[Estimate]`` (one per question, in order) is an
+estimator. `FunctionEstimator` wraps a plain ``question -> int | None`` function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from .budget import parse_budget
+from .generation import Generation, Generator, Usage
+from .prompts import EstimationPrompt, estimation_messages
+
+__all__ = [
+    "BudgetEstimator",
+    "Estimate",
+    "EstimatorError",
+    "FixedEstimator",
+    "FunctionEstimator",
+    "ZeroShotEstimator",
+]
+
+
+class EstimatorError(RuntimeError):
+    """An estimator failed (raised, or returned the wrong number of estimates)."""
+
+
+def _questions(questions: Sequence[str]) -> list[str]:
+    if isinstance(questions, (str, bytes)) or not isinstance(questions, Sequence):
+        raise TypeError(f"questions must be a list of strings, got {type(questions).__name__}")
+    return list(questions)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Estimate:
+    """One raw budget estimate.
+
+    Attributes:
+        raw: The estimated number of tokens, or None when the estimator gave no usable number.
+        reply: The estimator's reply text (empty for estimators that do not call a model).
+        usage: Token usage of the estimator's own call (zero for estimators that do not call a model).
+        error: Why ``raw`` is None, when known.
+    """
+
+    raw: int | None
+    reply: str = ""
+    usage: Usage = field(default_factory=lambda: Usage(counter="none"))
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.raw is not None and (isinstance(self.raw, bool) or not isinstance(self.raw, int) or self.raw < 0):
+            raise ValueError(f"Estimate.raw must be a non-negative int or None, got {self.raw!r}")
+
+
+@runtime_checkable
+class BudgetEstimator(Protocol):
+    """The estimator protocol: one `Estimate` per question, in order, sync and async."""
+
+    name: str
+
+    def estimate(self, questions: Sequence[str]) -> list[Estimate]: ...
+
+    async def aestimate(self, questions: Sequence[str]) -> list[Estimate]: ...
+
+
+class ZeroShotEstimator:
+    """The paper's zero-shot estimator: ask a model for ``[[budget]]`` and parse the reply.
+
+    Args:
+        generator: Any `Generator` (it may be the answering model itself, as in the paper).
+        prompt: `EstimationPrompt` variant; ``"scripts"`` (default) or ``"figure"``.
+        max_tokens: Cap on the estimator's reply. The expected reply is a few tokens; the cap bounds
+            the cost when a model rambles. Default 64.
+        temperature: Sampling temperature for the estimator call (None: the generator's default).
+        lenient: Accept ``[[ 40 ]]``, ``[[1,000]]`` and ``Budget: 40`` when no ``[[40]]`` is present.
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        *,
+        prompt: EstimationPrompt | str = EstimationPrompt.SCRIPTS,
+        max_tokens: int = 64,
+        temperature: float | None = None,
+        lenient: bool = True,
+    ) -> None:
+        if not callable(getattr(generator, "generate", None)) or not callable(getattr(generator, "agenerate", None)):
+            raise TypeError(
+                f"generator must be a Generator (with generate and agenerate), got {type(generator).__name__}"
+            )
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        self.generator = generator
+        self.prompt = EstimationPrompt(prompt)
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.lenient = lenient
+        self.name = f"zero-shot:{getattr(generator, 'model_name', type(generator).__name__)}"
+
+    def messages(self, question: str) -> list[dict[str, str]]:
+        """The estimation chat for ``question``."""
+        return estimation_messages(question, variant=self.prompt)
+
+    def _read(self, generations: Sequence[Generation], n: int) -> list[Estimate]:
+        if len(generations) != n:
+            raise EstimatorError(f"{self.name}: the generator returned {len(generations)} replies for {n} questions")
+        out = []
+        for g in generations:
+            raw = parse_budget(g.text, lenient=self.lenient)
+            error = None if raw is not None else "no [[budget]] in the estimator's reply"
+            out.append(Estimate(raw=raw, reply=g.text, usage=g.usage, error=error))
+        return out
+
+    def estimate(self, questions: Sequence[str]) -> list[Estimate]:
+        """Estimate budgets for ``questions`` in one batched call."""
+        prompts = [self.messages(q) for q in _questions(questions)]
+        gens = self.generator.generate(prompts, max_tokens=self.max_tokens, temperature=self.temperature)
+        return self._read(gens, len(prompts))
+
+    async def aestimate(self, questions: Sequence[str]) -> list[Estimate]:
+        """Async twin of `estimate`."""
+        prompts = [self.messages(q) for q in _questions(questions)]
+        gens = await self.generator.agenerate(prompts, max_tokens=self.max_tokens, temperature=self.temperature)
+        return self._read(gens, len(prompts))
+
+
+class FixedEstimator:
+    """The same budget for every question (the paper's fixed-budget ablation).
+
+    Args:
+        budget: The budget; a positive int.
+    """
+
+    def __init__(self, budget: int) -> None:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"budget must be a positive int, got {budget!r}")
+        self.budget = budget
+        self.name = f"fixed:{budget}"
+
+    def estimate(self, questions: Sequence[str]) -> list[Estimate]:
+        """One `Estimate` of ``budget`` per question."""
+        return [Estimate(raw=self.budget) for _ in _questions(questions)]
+
+    async def aestimate(self, questions: Sequence[str]) -> list[Estimate]:
+        """Async twin of `estimate`."""
+        return self.estimate(questions)
+
+
+class FunctionEstimator:
+    """An estimator over a function ``question -> int | None`` (a heuristic or a learned model).
+
+    Args:
+        fn: Returns the raw budget, or None when it has none.
+        name: Name recorded with each budget.
+    """
+
+    def __init__(self, fn: Callable[[str], Any], *, name: str = "function") -> None:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.name = name
+
+    def _one(self, value: Any) -> Estimate:
+        if value is None:
+            return Estimate(raw=None, error=f"{self.name} returned None")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EstimatorError(f"{self.name} must return an int or None, got {type(value).__name__}")
+        if value < 0:
+            return Estimate(raw=None, error=f"{self.name} returned a negative budget ({value})")
+        return Estimate(raw=value)
+
+    def estimate(self, questions: Sequence[str]) -> list[Estimate]:
+        """Call the function once per question."""
+        return [self._one(self.fn(q)) for q in _questions(questions)]
+
+    async def aestimate(self, questions: Sequence[str]) -> list[Estimate]:
+        """Async twin of `estimate` (the function runs in a worker thread)."""
+        values = await asyncio.gather(*(asyncio.to_thread(self.fn, q) for q in _questions(questions)))
+        return [self._one(v) for v in values]

@@ -1,0 +1,250 @@
+"""Every prompt string TALE sends, in one place.
+
+The paper's strings (Han et al. 2024, and its reference scripts) are reproduced exactly, including
+their capitalisation, spacing and punctuation: golden tests pin the rendered text, so a change here
+is a reviewed diff. Strings that are ours (not the paper's) say so.
+
+Question formats (`QuestionFormat`):
+
+- ``gsm8k``: the scripts' numeric template, ``Q: ...`` then the ``[[answer]]`` format line and the trigger.
+- ``multiple_choice``: the MathBench template, the options as ``A. ...`` lines, the ``[[choice]]`` line.
+- ``chat``: a free-form question followed by the trigger (ours: for applications, no answer format).
+
+Estimation prompt variants (`EstimationPrompt`): ``scripts`` (default, the text the reference
+scripts send) and ``figure`` (the paper's printed figure).
+
+Conversation styles (`ConversationStyle`): ``two_call`` (the paper: an estimation chat, then a
+separate answer chat) and ``one_conversation`` (ours: the answer turn continues the estimation chat,
+so the question is written once and a provider's prompt cache can serve the prefix).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+__all__ = [
+    "BUDGETED_COT_TRIGGER",
+    "CHOICE_FORMAT",
+    "DIRECT_INSTRUCTION",
+    "ESTIMATION_PROMPT_FIGURE",
+    "ESTIMATION_PROMPT_SCRIPTS",
+    "ESTIMATION_SYSTEM_PROMPT",
+    "NUMERIC_FORMAT",
+    "ONE_CONVERSATION_ANSWER_TURN",
+    "PROMPT_VERSION",
+    "VANILLA_COT_TRIGGER",
+    "ConversationStyle",
+    "EstimationPrompt",
+    "QuestionFormat",
+    "answer_messages",
+    "cot_trigger",
+    "direct_prompt",
+    "estimation_messages",
+    "one_conversation_messages",
+    "question_prompt",
+]
+
+#: Bumped whenever a rendered prompt changes; recorded with results so runs stay comparable.
+PROMPT_VERSION = "1"
+
+ESTIMATION_SYSTEM_PROMPT = "You are a helpful assistant."
+
+ESTIMATION_PROMPT_SCRIPTS = (
+    "Task: Analyze the given question and estimate the minimum number of tokens required to generate "
+    "a complete and accurate response. Please Give the response by strictly following this format: "
+    "[[budget]],for example: Budget: [[12]].\n"
+    "\n"
+    "Below is the question:\n"
+    "\n"
+    'Question: "{question}"'
+)
+
+ESTIMATION_PROMPT_FIGURE = (
+    "Task: Analyze the given question and estimate the minimum number of tokens required to generate "
+    "a complete and accurate response. Please Give the response by strictly following this format: "
+    "[[budget]], for example, Budget: [[12]].\n"
+    "\n"
+    "Below is the question:\n"
+    "\n"
+    'Question: "{question}"'
+)
+
+VANILLA_COT_TRIGGER = "Let's think step by step:"
+BUDGETED_COT_TRIGGER = "Let's think step by step and use less than {budget} tokens:"
+
+NUMERIC_FORMAT = "Please Give the response by strictly following this format: [[answer]], for example: Answer: [[50]]."
+CHOICE_FORMAT = "Please Give the response by strictly following this format: [[choice]],for example: Choice: [[A]]."
+
+DIRECT_INSTRUCTION = (
+    "Please answer the following question and give the answer directly without any reasoning process. "
+    + NUMERIC_FORMAT
+)
+
+# Ours: the second user turn of the one-conversation style (the first turn is the estimation prompt,
+# the assistant turn is the estimator's own reply). The format line and trigger follow it.
+ONE_CONVERSATION_ANSWER_TURN = "Now answer the question above."
+
+_OPTION_LETTERS = "ABCDEFGHIJ"
+
+
+class QuestionFormat(enum.StrEnum):
+    """How the question and its expected answer format are written."""
+
+    GSM8K = "gsm8k"
+    MULTIPLE_CHOICE = "multiple_choice"
+    CHAT = "chat"
+
+
+class EstimationPrompt(enum.StrEnum):
+    """Which text of the budget-estimation prompt to send."""
+
+    SCRIPTS = "scripts"
+    FIGURE = "figure"
+
+
+class ConversationStyle(enum.StrEnum):
+    """Whether estimation and answer are two chats or one."""
+
+    TWO_CALL = "two_call"
+    ONE_CONVERSATION = "one_conversation"
+
+
+def cot_trigger(budget: int | None) -> str:
+    """The chain-of-thought trigger: vanilla when ``budget`` is None, budgeted otherwise.
+
+    Raises:
+        ValueError: ``budget`` is not a positive int (the reference scripts could render
+            "use less than -1 tokens"; this function never does).
+    """
+    if budget is None:
+        return VANILLA_COT_TRIGGER
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"budget must be a positive int or None, got {budget!r}")
+    return BUDGETED_COT_TRIGGER.format(budget=budget)
+
+
+def _check_question(question: object) -> str:
+    if not isinstance(question, str):
+        raise TypeError(f"question must be a str, got {type(question).__name__}")
+    if not question.strip():
+        raise ValueError("question is empty; pass the text of the question to answer")
+    return question
+
+
+def _options_block(options: Sequence[str] | None) -> str:
+    if options is None or isinstance(options, str) or len(options) == 0:
+        raise ValueError("options must be a non-empty list of strings for the multiple_choice format")
+    if len(options) > len(_OPTION_LETTERS):
+        raise ValueError(f"options has {len(options)} entries; at most {len(_OPTION_LETTERS)} are supported")
+    return "\n".join(f"{_OPTION_LETTERS[i]}. {option}" for i, option in enumerate(options))
+
+
+def _answer_body(fmt: QuestionFormat, question: str, options: Sequence[str] | None) -> tuple[str, str]:
+    """The text before the format line and the format line (empty for chat) of a question prompt."""
+    if fmt is QuestionFormat.GSM8K:
+        return f"Q: {question}\n", NUMERIC_FORMAT
+    if fmt is QuestionFormat.MULTIPLE_CHOICE:
+        return f"{question}\n{_options_block(options)}\n", CHOICE_FORMAT + "\n"
+    return f"{question}\n", ""
+
+
+def question_prompt(
+    question: str,
+    *,
+    budget: int | None = None,
+    format: QuestionFormat | str = QuestionFormat.GSM8K,
+    options: Sequence[str] | None = None,
+) -> str:
+    """The user message that asks for a chain-of-thought answer.
+
+    Args:
+        question: The question text.
+        budget: Token budget for the budgeted trigger; None for vanilla CoT.
+        format: `QuestionFormat` (``"gsm8k"``, ``"multiple_choice"`` or ``"chat"``).
+        options: The answer options, required for ``multiple_choice``.
+
+    Returns:
+        The prompt, ending with the trigger and a newline.
+    """
+    fmt = QuestionFormat(format)
+    body, format_line = _answer_body(fmt, _check_question(question), options)
+    return f"{body}{format_line}{cot_trigger(budget)}\n"
+
+
+def direct_prompt(question: str) -> str:
+    """The direct-answer baseline: answer with no reasoning, in the ``[[answer]]`` format."""
+    return f"{DIRECT_INSTRUCTION}\nQ: {_check_question(question)}"
+
+
+def estimation_messages(
+    question: str, *, variant: EstimationPrompt | str = EstimationPrompt.SCRIPTS
+) -> list[dict[str, str]]:
+    """The budget-estimation chat: the paper's system message and estimation prompt."""
+    template = (
+        ESTIMATION_PROMPT_SCRIPTS if EstimationPrompt(variant) is EstimationPrompt.SCRIPTS else ESTIMATION_PROMPT_FIGURE
+    )
+    return [
+        {"role": "system", "content": ESTIMATION_SYSTEM_PROMPT},
+        {"role": "user", "content": template.format(question=_check_question(question))},
+    ]
+
+
+def answer_messages(
+    question: str,
+    *,
+    budget: int | None = None,
+    format: QuestionFormat | str = QuestionFormat.GSM8K,
+    options: Sequence[str] | None = None,
+    system_prompt: str | None = None,
+    direct: bool = False,
+) -> list[dict[str, str]]:
+    """The answering chat of the two-call style (or of plain CoT / direct answering).
+
+    Args:
+        question: The question text.
+        budget: Token budget for the trigger; None for vanilla CoT.
+        format: `QuestionFormat`.
+        options: Options for ``multiple_choice``.
+        system_prompt: Optional system message placed first.
+        direct: Send the direct-answer baseline prompt instead (``budget`` must be None).
+    """
+    if direct:
+        if budget is not None:
+            raise ValueError("a direct-answer prompt takes no budget; pass budget=None")
+        content = direct_prompt(question)
+    else:
+        content = question_prompt(question, budget=budget, format=format, options=options)
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
+def one_conversation_messages(
+    question: str,
+    estimator_reply: str,
+    *,
+    budget: int | None,
+    format: QuestionFormat | str = QuestionFormat.GSM8K,
+    options: Sequence[str] | None = None,
+    variant: EstimationPrompt | str = EstimationPrompt.SCRIPTS,
+) -> list[dict[str, str]]:
+    """The one-conversation style: the estimation chat, the estimator's reply, then the answer turn.
+
+    The question is written once (inside the estimation prompt); the last user turn asks for the
+    answer to "the question above" with the format line (for ``gsm8k`` and ``multiple_choice``) and
+    the trigger carrying ``budget``, which is the clamped budget, not necessarily the raw estimate.
+    """
+    fmt = QuestionFormat(format)
+    messages = estimation_messages(question, variant=variant)
+    if fmt is QuestionFormat.GSM8K:
+        format_line = NUMERIC_FORMAT
+    elif fmt is QuestionFormat.MULTIPLE_CHOICE:
+        format_line = f"{_options_block(options)}\n{CHOICE_FORMAT}\n"
+    else:
+        format_line = ""
+    turn = f"{ONE_CONVERSATION_ANSWER_TURN}\n{format_line}{cot_trigger(budget)}\n"
+    messages.append({"role": "assistant", "content": estimator_reply})
+    messages.append({"role": "user", "content": turn})
+    return messages
+

@@ -1,0 +1,96 @@
+"""`tale ask` end to end: on a tiny model folder (fast) and on the embedded model (`slow`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from tale_integrations.cli import main  # noqa: E402
+
+
+def run_json(capsys, *args):
+    assert main(["ask", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_ask_prints_answer_budget_and_tokens(tiny_model_dir, capsys):
+    assert main(["ask", "What is 3 + 4?", "--model", str(tiny_model_dir), "--max-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert f"Model: {tiny_model_dir.name}" in out
+    assert "== TALE-EP ==" in out
+    assert "Budget: " in out
+    assert "Output tokens: 8 (hit the token cap)" in out
+    assert "estimator call" in out and "answer call" in out
+
+
+def test_ask_json_with_a_fixed_budget_reaches_the_prompt(tiny_model_dir, capsys):
+    data = run_json(capsys, "What is 3 + 4?", "--model", str(tiny_model_dir), "--budget", "30", "--max-tokens", "5")
+    assert data["tale"]["budget"] == {"tokens": 5, "raw": 30, "source": "fixed", "adjusted": "lowered to cap"}
+    data = run_json(capsys, "What is 3 + 4?", "--model", str(tiny_model_dir), "--budget", "30", "--max-tokens", "30")
+    tale = data["tale"]
+    assert tale["budget"]["tokens"] == 30
+    assert tale["mode"] == "fixed"
+    assert tale["messages"][-1]["content"] == "What is 3 + 4?\nLet's think step by step and use less than 30 tokens:\n"
+    assert tale["usage"]["output_tokens"] == 30
+    assert tale["estimator_usage"] is None
+
+
+def test_ask_compare_adds_vanilla(tiny_model_dir, capsys):
+    data = run_json(capsys, "Q?", "--model", str(tiny_model_dir), "--compare", "--max-tokens", "4", "--format", "gsm8k")
+    assert set(data) == {"tale", "vanilla"}
+    assert data["vanilla"]["messages"][-1]["content"].endswith("Let's think step by step:\n")
+    assert data["vanilla"]["budget"] is None
+    assert data["tale"]["messages"][-1]["content"].startswith("Q: Q?\n")
+
+
+def test_ask_estimate_fallback_is_explained(tiny_model_dir, capsys):
+    # A random tiny model never writes [[N]]: the fallback budget is used and the output says so.
+    assert main(["ask", "Q?", "--model", str(tiny_model_dir), "--max-tokens", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "Budget: 128 tokens (fallback: the estimator gave no usable number" in out
+
+
+def test_ask_missing_model_is_a_clear_error(tmp_path, capsys):
+    assert main(["ask", "Q?", "--model", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "--model" not in err.split("error:")[0]
+
+
+def test_ask_empty_question_is_a_clear_error(tiny_model_dir, capsys):
+    assert main(["ask", "  ", "--model", str(tiny_model_dir)]) == 2
+    assert "question is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--budget", "0"], ["--budget", "-4"], ["--max-tokens", "x"], ["--temperature", "9"]])
+def test_ask_bad_numbers_are_refused_by_the_parser(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ask", "Q?", *args])
+    assert exit_info.value.code == 2
+    assert "expected" in capsys.readouterr().err
+
+
+def test_console_script_runs(tiny_model_dir):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tale_integrations.cli", "ask", "Hi?", "--model", str(tiny_model_dir),
+         "--budget", "25", "--max-tokens", "30"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Budget: 25 tokens (given (fixed))" in proc.stdout
+
+
+@pytest.mark.slow
+def test_ask_on_the_embedded_model(capsys):
+    data = run_json(capsys, "Tom has 3 apples and buys 4 more. How many apples does he have?", "--max-tokens", "64")
+    tale = data["tale"]
+    assert tale["model"] == "SmolLM2-135M-Instruct"
+    tokens = tale["budget"]["tokens"]
+    assert f"use less than {tokens} tokens:" in tale["messages"][-1]["content"]
+    assert 1 <= tale["usage"]["output_tokens"] <= 64
+    assert tale["estimator_usage"]["input_tokens"] > 50
