@@ -1,9 +1,11 @@
 """A `Generator` over a local Hugging Face transformers model.
 
-`HFGenerator` loads any local model folder (or, by default, the embedded SmolLM2-135M-Instruct),
-applies the tokenizer's chat template, batches prompts with left padding, returns only the new
-text, counts input and output tokens exactly from the token ids, and honours per-call
-``max_tokens``, ``stop`` and ``temperature``. Weights load lazily, on the first call.
+`HFGenerator` loads a local model folder, a merged TALE-PT checkpoint, a base model plus a LoRA
+adapter, or by default the embedded SmolLM2-135M-Instruct. It applies the chat template, batches
+prompts with left padding (one forward pass per step for the whole batch), returns only the new
+text, counts tokens exactly from the ids, honours per-call ``max_tokens``, ``stop`` and
+``temperature``, streams token by token, and can hold answers to their budget while decoding
+(`BudgetEnforcer`, off by default). Weights load lazily, on first use.
 
 Needs the ``hf`` extra: ``pip install "tale-integrations[hf]"``.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,67 +24,58 @@ from .._optional import require
 torch = require("torch", extra="hf", purpose="the local Hugging Face backend")
 transformers = require("transformers", extra="hf", purpose="the local Hugging Face backend")
 
-from ..core.generation import Generation, Message, PromptTooLongError, Usage, validate_messages  # noqa: E402
+from ..core.budget import BudgetEnforcement  # noqa: E402
+from ..core.generation import Generation, Message, PromptTooLongError, StreamEvent, Usage, validate_messages  # noqa: E402
+from ..core.prompts import QuestionFormat  # noqa: E402
 from ..core.tokens import HFTokenizerCounter  # noqa: E402
+from ._hf_loading import check_source, load_checkpoint, resolve_dtype  # noqa: E402
+from ._hf_stream import StopOnStrings, TokenQueue, stream_text  # noqa: E402
+from .budget_enforcer import BudgetEnforcer  # noqa: E402
 from .embedded import EMBEDDED_MODEL_NAME, embedded_model_path  # noqa: E402
 
 __all__ = ["HFGenerator"]
-
-
-class _StopOnStrings(transformers.StoppingCriteria):
-    """Ends each row once its new text contains a stop string (checked on a window of recent tokens)."""
-
-    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_length: int) -> None:
-        self.tokenizer = tokenizer
-        self.stops = list(stops)
-        self.prompt_length = prompt_length
-        # A stop string of n characters spans at most n tokens; a little more covers the join.
-        self.window = max(len(s) for s in self.stops) + 4
-        self.stopped_at: dict[int, int] = {}
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        start = self.prompt_length
-        for row in range(input_ids.shape[0]):
-            if row in self.stopped_at:
-                done[row] = True
-                continue
-            tail = input_ids[row, max(start, input_ids.shape[1] - self.window) :]
-            text = self.tokenizer.decode(tail, skip_special_tokens=True)
-            if any(s in text for s in self.stops):
-                self.stopped_at[row] = input_ids.shape[1] - start
-                done[row] = True
-        return done
 
 
 class HFGenerator:
     """A local transformers chat model as a TALE `Generator`.
 
     Args:
-        model: A local model folder (with ``config.json``), a Hugging Face hub id (when online), or
-            None for the embedded SmolLM2-135M-Instruct.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available, else CPU.
-        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``; default bfloat16 on
-            CUDA, float32 on CPU.
+        model: A local model folder (with ``config.json``), a merged TALE-PT checkpoint, a LoRA adapter
+            folder (its base is read from ``adapter_config.json``), a hub id (when online), or None
+            for the embedded SmolLM2-135M-Instruct.
+        adapter: A PEFT LoRA adapter folder to apply on top of ``model`` (or on the base it names).
+        merge: Merge the adapter into the weights after loading (faster decoding).
+        device: ``"cpu"``, ``"cuda"`` (all GPUs, ``device_map="auto"``), ``"cuda:1"``...; default
+            CUDA when available, else CPU.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``, ``"auto"`` or a ``torch.dtype``; default
+            bfloat16 on CUDA, float32 on CPU.
         max_new_tokens: Output cap when a call gives no ``max_tokens``. Default 512.
-        max_batch_size: Prompts per forward pass; larger batches are split. Default 8.
-        temperature: Default sampling temperature when a call gives none; 0 means greedy (default).
+        max_batch_size: Prompts per forward pass; larger batches are split. Default 16.
+        temperature: Default sampling temperature; 0 means greedy (the default).
         seed: Seed for sampled decoding, for repeatable runs.
+        enforce_budget: Hold answers to their budget while decoding: True for the default
+            `BudgetEnforcement`, or one of your own. Off by default (the paper only prompts).
         model_name: Name reported in each `Generation`; default the folder's name.
         trust_remote_code: Allow code from the model folder to run. Off by default.
         progress: Called with one-line status messages (the embedded model's first-run conversion).
     """
 
+    #: Tells `TalePipeline` that `generate` takes per-prompt ``budgets``.
+    accepts_budgets = True
+
     def __init__(
         self,
         model: str | os.PathLike[str] | None = None,
         *,
+        adapter: str | os.PathLike[str] | None = None,
+        merge: bool = False,
         device: str | None = None,
         dtype: Any = None,
         max_new_tokens: int = 512,
-        max_batch_size: int = 8,
+        max_batch_size: int = 16,
         temperature: float = 0.0,
         seed: int | None = None,
+        enforce_budget: bool | BudgetEnforcement = False,
         model_name: str | None = None,
         trust_remote_code: bool = False,
         progress: Callable[[str], None] | None = None,
@@ -91,9 +84,18 @@ class HFGenerator:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         _check_temperature(temperature)
-        self._source: str | None = None
-        if model is not None:
-            self._source = _check_source(model)
+        if device is not None:
+            resolve_dtype(dtype, device)  # validates dtype early
+        elif dtype is not None:
+            resolve_dtype(dtype, "cpu")
+        if isinstance(enforce_budget, BudgetEnforcement):
+            self.enforcement: BudgetEnforcement | None = enforce_budget
+        elif isinstance(enforce_budget, bool):
+            self.enforcement = BudgetEnforcement() if enforce_budget else None
+        else:
+            raise TypeError(f"enforce_budget must be a bool or a BudgetEnforcement, got {type(enforce_budget).__name__}")
+        self._source = check_source(model, adapter)
+        self.merge = merge
         self.device = device
         self.dtype = dtype
         self.max_new_tokens = max_new_tokens
@@ -104,10 +106,12 @@ class HFGenerator:
         self.progress = progress
         if model_name is not None:
             self.model_name = model_name
-        elif self._source is None:
+        elif self._source.adapter is not None:
+            self.model_name = Path(self._source.adapter).name
+        elif self._source.base is None:
             self.model_name = EMBEDDED_MODEL_NAME
         else:
-            self.model_name = Path(self._source).name or self._source
+            self.model_name = Path(self._source.base).name or self._source.base
         self._model: Any = None
         self._tokenizer: Any = None
         self._load_lock = threading.Lock()
@@ -115,13 +119,9 @@ class HFGenerator:
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, *, model_name: str | None = None, **kwargs: Any) -> HFGenerator:
-        """Wrap an already loaded model and tokenizer (no loading happens).
+        """Wrap an already loaded model (plain or peft) and its tokenizer; nothing is loaded.
 
-        Args:
-            model: A transformers causal LM (or a peft model around one).
-            tokenizer: Its tokenizer, with a chat template.
-            model_name: Name reported in each `Generation`; default the model config's name.
-            **kwargs: Any other constructor argument.
+        ``model_name`` defaults to the model config's name; ``kwargs`` are other constructor arguments.
         """
         name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         gen = cls(model_name=name, **kwargs)
@@ -141,22 +141,12 @@ class HFGenerator:
             return self
         with self._load_lock:
             if self._model is None:
-                source = self._source or str(embedded_model_path(progress=self.progress))
+                base = self._source.base or str(embedded_model_path(progress=self.progress))
                 device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-                dtype = _dtype(self.dtype, device)
-                try:
-                    tokenizer = transformers.AutoTokenizer.from_pretrained(
-                        source, trust_remote_code=self.trust_remote_code
-                    )
-                    model = transformers.AutoModelForCausalLM.from_pretrained(
-                        source, dtype=dtype, use_safetensors=True, trust_remote_code=self.trust_remote_code
-                    )
-                except ImportError:
-                    raise
-                except Exception as exc:  # corrupt weights surface as several library-specific types
-                    raise OSError(f"could not load the model from {source!r}: {exc}") from exc
-                model.to(device)
-                self.device = device
+                model, tokenizer = load_checkpoint(
+                    base, self._source.adapter, device=device, dtype=resolve_dtype(self.dtype, device),
+                    merge=self.merge, trust_remote_code=self.trust_remote_code,
+                )
                 self._install(model, tokenizer)
         return self
 
@@ -168,6 +158,7 @@ class HFGenerator:
             )
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"
         model.eval()
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -176,10 +167,10 @@ class HFGenerator:
         if not eos_ids:
             raise ValueError(f"{self.model_name!r} defines no end-of-sequence token")
         self._eos_ids = eos_ids
+        self._eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else min(eos_ids)
         self._tokenizer = tokenizer
         self._model = model
-        if self.device is None:
-            self.device = str(next(model.parameters()).device)
+        self.device = str(model.device)
 
     @property
     def tokenizer(self) -> Any:
@@ -212,15 +203,7 @@ class HFGenerator:
 
     # -- generation ---------------------------------------------------------------------------
 
-    def generate(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        *,
-        max_tokens: int | None = None,
-        stop: Sequence[str] | None = None,
-        temperature: float | None = None,
-    ) -> list[Generation]:
-        """Generate one answer per conversation, batched. Safe to call from several threads."""
+    def _prepare(self, prompts: Any, max_tokens: Any, stop: Any, temperature: Any, budgets: Any) -> tuple:
         conversations = validate_messages(prompts)
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
             raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
@@ -228,7 +211,12 @@ class HFGenerator:
             raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
         temperature = self.temperature if temperature is None else temperature
         _check_temperature(temperature)
-        cap = max_tokens or self.max_new_tokens
+        if budgets is not None:
+            if isinstance(budgets, (str, bytes)) or len(budgets) != len(conversations):
+                raise ValueError(f"budgets must give one budget (or None) per prompt, got {budgets!r}")
+            for b in budgets:
+                if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+                    raise ValueError(f"each budget must be a positive int or None, got {b!r}")
         encoded = [self.encode_chat(c) for c in conversations]
         window = self.context_window
         for i, ids in enumerate(encoded):
@@ -237,11 +225,33 @@ class HFGenerator:
                     f"prompts[{i}] is {len(ids)} tokens, but {self.model_name!r} has a context window of "
                     f"{window} tokens (prompt and answer together); shorten the prompt"
                 )
+        return encoded, max_tokens or self.max_new_tokens, list(stop) if stop else None, temperature
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[Message]],
+        *,
+        max_tokens: int | None = None,
+        stop: Sequence[str] | None = None,
+        temperature: float | None = None,
+        budgets: Sequence[int | None] | None = None,
+        answer_format: QuestionFormat | str = QuestionFormat.GSM8K,
+    ) -> list[Generation]:
+        """Generate one answer per conversation, batched. Safe to call from several threads.
+
+        ``budgets`` (one per prompt, None for none) are enforced while decoding when the generator
+        was made with ``enforce_budget``; ``answer_format`` picks the enforcer's wrap-up text.
+        """
+        encoded, cap, stop, temperature = self._prepare(prompts, max_tokens, stop, temperature, budgets)
+        budgets = list(budgets) if budgets is not None else [None] * len(encoded)
         results: list[Generation | None] = [None] * len(encoded)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         for start in range(0, len(order), self.max_batch_size):
             chunk = order[start : start + self.max_batch_size]
-            for i, gen in zip(chunk, self._generate_chunk([encoded[i] for i in chunk], cap, stop, temperature)):
+            generations = self._run(
+                [encoded[i] for i in chunk], cap, stop, temperature, [budgets[i] for i in chunk], answer_format
+            )
+            for i, gen in zip(chunk, generations):
                 results[i] = gen
         return [r for r in results if r is not None]
 
@@ -252,62 +262,138 @@ class HFGenerator:
         max_tokens: int | None = None,
         stop: Sequence[str] | None = None,
         temperature: float | None = None,
+        budgets: Sequence[int | None] | None = None,
+        answer_format: QuestionFormat | str = QuestionFormat.GSM8K,
     ) -> list[Generation]:
         """Async twin of `generate`: the computation runs in a worker thread, off the event loop."""
-        return await asyncio.to_thread(self.generate, prompts, max_tokens=max_tokens, stop=stop, temperature=temperature)
+        return await asyncio.to_thread(
+            self.generate, prompts, max_tokens=max_tokens, stop=stop, temperature=temperature, budgets=budgets,
+            answer_format=answer_format,
+        )
 
-    def _generate_chunk(
-        self, rows: list[list[int]], cap: int, stop: Sequence[str] | None, temperature: float
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int | None = None,
+        stop: Sequence[str] | None = None,
+        temperature: float | None = None,
+        budget: int | None = None,
+        answer_format: QuestionFormat | str = QuestionFormat.GSM8K,
+    ) -> Iterator[StreamEvent]:
+        """Stream one answer token by token.
+
+        Yields `StreamEvent` values whose texts join to the final text; the last one carries the
+        complete `Generation` (usage, finish reason). Text that might be the start of a stop string
+        is held back until it is known not to be. Closing the iterator early stops the generation.
+        """
+        encoded, cap, stop, temperature = self._prepare([messages], max_tokens, stop, temperature, [budget])
+        tokens = TokenQueue()
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["generation"] = self._run(encoded, cap, stop, temperature, [budget], answer_format,
+                                                  streamer=tokens)[0]
+            except BaseException as exc:  # handed to the consumer, never lost in the thread
+                outcome["error"] = exc
+            finally:
+                tokens.finish()
+
+        thread = threading.Thread(target=work, name="tale-hf-stream", daemon=True)
+        thread.start()
+        try:
+            yield from stream_text(self._tokenizer, tokens, stop, self._eos_ids, outcome)
+        finally:
+            tokens.cancel()
+            thread.join()
+
+    async def astream(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int | None = None,
+        stop: Sequence[str] | None = None,
+        temperature: float | None = None,
+        budget: int | None = None,
+        answer_format: QuestionFormat | str = QuestionFormat.GSM8K,
+    ) -> AsyncIterator[StreamEvent]:
+        """Async twin of `stream` (decoding runs in a worker thread; the event loop stays free)."""
+        events = self.stream(messages, max_tokens=max_tokens, stop=stop, temperature=temperature, budget=budget,
+                             answer_format=answer_format)
+        done = object()
+        try:
+            while True:
+                event = await asyncio.to_thread(next, events, done)
+                if event is done:
+                    return
+                yield event
+        finally:
+            await asyncio.to_thread(events.close)
+
+    def _run(
+        self,
+        rows: list[list[int]],
+        cap: int,
+        stop: list[str] | None,
+        temperature: float,
+        budgets: list[int | None],
+        answer_format: QuestionFormat | str,
+        streamer: TokenQueue | None = None,
     ) -> list[Generation]:
         tok, model = self._tokenizer, self._model
         width = max(len(r) for r in rows)
         max_new = min(cap, self.context_window - width)
         pad = tok.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)
-        attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
+        device = model.device
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+        attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
         sampling = temperature > 0
         config = transformers.GenerationConfig(
-            max_new_tokens=max_new,
-            do_sample=sampling,
-            temperature=temperature if sampling else None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=pad,
-            eos_token_id=sorted(self._eos_ids),
+            max_new_tokens=max_new, do_sample=sampling, temperature=temperature if sampling else None,
+            top_p=None, top_k=None, pad_token_id=pad, eos_token_id=sorted(self._eos_ids),
         )
-        criteria = _StopOnStrings(tok, stop, width) if stop else None
+        criteria = transformers.StoppingCriteriaList()
+        stop_criterion = StopOnStrings(tok, stop, width) if stop else None
+        if stop_criterion:
+            criteria.append(stop_criterion)
+        if streamer is not None:
+            criteria.append(streamer.criterion())
+        processors = transformers.LogitsProcessorList()
+        if self.enforcement is not None and any(b is not None for b in budgets):
+            processors.append(BudgetEnforcer(
+                tok, budgets, prompt_length=width, max_tokens=max_new, eos_token_id=self._eos,
+                policy=self.enforcement, format=answer_format,
+            ))
         with self._generate_lock, torch.inference_mode():
             if sampling and self.seed is not None:
                 torch.manual_seed(self.seed)
             output = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
-                generation_config=config,
-                stopping_criteria=transformers.StoppingCriteriaList([criteria]) if criteria else None,
+                input_ids=input_ids, attention_mask=attention, generation_config=config,
+                stopping_criteria=criteria, logits_processor=processors, streamer=streamer,
             )
         new = output[:, width:].tolist()
-        results = []
-        for row, (prompt, tokens) in enumerate(zip(rows, new)):
-            end = next((k + 1 for k, t in enumerate(tokens) if t in self._eos_ids), None)
-            reason = "stop"
-            if criteria is not None and row in criteria.stopped_at and (end is None or criteria.stopped_at[row] < end):
-                end = criteria.stopped_at[row]
-            elif end is None:
-                end, reason = len(tokens), "length"
-            text = tok.decode(tokens[:end], skip_special_tokens=True)
-            if stop:
-                cut = min((p for p in (text.find(s) for s in stop) if p >= 0), default=-1)
-                if cut >= 0:
-                    text, reason = text[:cut], "stop"
-            results.append(
-                Generation(
-                    text=text,
-                    usage=Usage(input_tokens=len(prompt), output_tokens=end, counter=f"hf:{self.model_name}"),
-                    finish_reason=reason,
-                    model=self.model_name,
-                )
-            )
-        return results
+        return [self._finish(row, prompt, tokens, stop, stop_criterion) for row, (prompt, tokens) in enumerate(zip(rows, new))]
+
+    def _finish(self, row: int, prompt: list[int], tokens: list[int], stop: list[str] | None,
+                criterion: StopOnStrings | None) -> Generation:
+        end = next((k + 1 for k, t in enumerate(tokens) if t in self._eos_ids), None)
+        reason = "stop"
+        if criterion is not None and row in criterion.stopped_at and (end is None or criterion.stopped_at[row] < end):
+            end = criterion.stopped_at[row]
+        elif end is None:
+            end, reason = len(tokens), "length"
+        text = self._tokenizer.decode(tokens[:end], skip_special_tokens=True)
+        if stop:
+            cut = min((p for p in (text.find(s) for s in stop) if p >= 0), default=-1)
+            if cut >= 0:
+                text, reason = text[:cut], "stop"
+        return Generation(
+            text=text,
+            usage=Usage(input_tokens=len(prompt), output_tokens=end, counter=f"hf:{self.model_name}"),
+            finish_reason=reason,
+            model=self.model_name,
+        )
 
     def __repr__(self) -> str:
         state = "loaded" if self.is_loaded else "not loaded"
@@ -317,36 +403,3 @@ class HFGenerator:
 def _check_temperature(value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 2:
         raise ValueError(f"temperature must be a number between 0 and 2 (0 = greedy), got {value!r}")
-
-
-def _check_source(model: str | os.PathLike[str]) -> str:
-    if not isinstance(model, (str, os.PathLike)):
-        raise TypeError(f"model must be a path or a hub id, got {type(model).__name__}")
-    source = os.fspath(model)
-    path = Path(source).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ValueError(
-                f"model={source!r} is not a Hugging Face model folder (no config.json in it); pass the "
-                "folder that holds config.json and the safetensors weights"
-            )
-        return str(path)
-    looks_like_hub_id = source.count("/") == 1 and not source.startswith((".", "/", "~")) and os.sep == "/"
-    if not looks_like_hub_id:
-        raise FileNotFoundError(
-            f"model path {source!r} does not exist; pass a local Hugging Face model folder, or leave "
-            f"model unset to use the embedded {EMBEDDED_MODEL_NAME}"
-        )
-    return source
-
-
-def _dtype(dtype: Any, device: str) -> Any:
-    if dtype is None:
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise ValueError(f"dtype must be one of {sorted(names)} or a torch.dtype, got {dtype!r}")
-    return names[dtype]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-__all__ = ["Budget", "BudgetPolicy", "OnParseFailure", "parse_budget"]
+__all__ = ["Budget", "BudgetEnforcement", "BudgetPolicy", "OnParseFailure", "parse_budget"]
 
 # Budgets longer than this many digits are absurd; they are read as "too large" without converting
 # the digits (Python refuses to convert very long digit strings, and nothing needs them).
@@ -210,3 +210,45 @@ class BudgetPolicy:
         d = dataclasses.asdict(self)
         d["on_parse_failure"] = str(self.on_parse_failure)
         return d
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetEnforcement:
+    """Budget enforcement during decoding, beyond the prompt (for backends that support it).
+
+    With a budget B the model reasons freely for ``ceil(B * factor)`` tokens; if it has not finished
+    by then, the backend writes the format's wrap-up text (``core.prompts.WRAP_UP``: "The final
+    answer is [[" for numeric questions), lets the model write the answer, closes it and stops,
+    all within ``answer_reserve`` more tokens. An answer is never cut off by the cap: the reasoning
+    phase is shortened so that the reserve always fits under ``max_tokens``.
+
+    Attributes:
+        factor: Multiplies the budget to give the free-reasoning length. Default 1.0.
+        answer_reserve: Tokens for wrap-up, answer, closing and end of turn. Default 24.
+    """
+
+    factor: float = 1.0
+    answer_reserve: int = 24
+
+    def __post_init__(self) -> None:
+        if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)) or not (
+            math.isfinite(self.factor) and self.factor > 0
+        ):
+            raise ValueError(f"BudgetEnforcement.factor must be a positive finite number, got {self.factor!r}")
+        if isinstance(self.answer_reserve, bool) or not isinstance(self.answer_reserve, int) or self.answer_reserve < 8:
+            raise ValueError(f"BudgetEnforcement.answer_reserve must be an int of at least 8, got {self.answer_reserve!r}")
+
+    def reasoning_tokens(self, budget: int, max_tokens: int) -> int:
+        """Free-reasoning length for ``budget`` under a hard cap of ``max_tokens`` output tokens."""
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"budget must be a positive int, got {budget!r}")
+        if max_tokens <= self.answer_reserve:
+            raise ValueError(
+                f"max_tokens ({max_tokens}) must exceed the answer reserve ({self.answer_reserve}) when "
+                "budgets are enforced; raise max_tokens or lower BudgetEnforcement.answer_reserve"
+            )
+        return max(0, min(math.ceil(budget * Fraction(str(self.factor))), max_tokens - self.answer_reserve))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form."""
+        return dataclasses.asdict(self)

@@ -24,6 +24,7 @@ __all__ = [
     "Generator",
     "Message",
     "PromptTooLongError",
+    "StreamEvent",
     "Usage",
     "validate_messages",
 ]
@@ -112,6 +113,20 @@ class Generation:
             "finish_reason": self.finish_reason,
             "model": self.model,
         }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamEvent:
+    """One piece of a streamed generation.
+
+    Attributes:
+        text: Text added since the previous event (may be empty). The ``text`` of all events of a
+            stream, joined, equals the final `Generation`'s text.
+        final: The complete `Generation` (usage, finish reason), set on the last event only.
+    """
+
+    text: str
+    final: Generation | None = None
 
 
 @runtime_checkable

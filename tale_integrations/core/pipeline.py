@@ -120,6 +120,7 @@ class _Generate:
     """Request to the runner: generate answers for these chats."""
 
     prompts: list[list[dict[str, str]]]
+    budgets: list[int | None]
 
 
 def _item(value: Any, index: int) -> _Item:
@@ -281,7 +282,8 @@ class TalePipeline:
         by_index: dict[int, Estimate] = dict(zip(needs, estimates))
         budgets = self._budgets(items, estimates)
         prompts = [self._messages(it, b, by_index.get(i)) for i, (it, b) in enumerate(zip(items, budgets))]
-        generations: list[Generation] = yield _Generate(prompts)
+        tokens = [None if b is None else b.tokens for b in budgets]
+        generations: list[Generation] = yield _Generate(prompts, tokens)
         if len(generations) != len(prompts):
             raise RuntimeError(f"the generator returned {len(generations)} answers for {len(prompts)} prompts")
         kind = _ANSWER_KIND.get(self.format)
@@ -306,8 +308,14 @@ class TalePipeline:
             )
         return results
 
-    def _settings(self) -> dict[str, Any]:
-        return {"max_tokens": self.max_tokens, "stop": self.stop, "temperature": self.temperature}
+    def _settings(self, request: _Generate) -> dict[str, Any]:
+        settings: dict[str, Any] = {"max_tokens": self.max_tokens, "stop": self.stop, "temperature": self.temperature}
+        # Backends that can hold an answer to its budget while decoding (HFGenerator with
+        # enforce_budget) receive the budgets; others only see them in the prompt.
+        if getattr(self.generator, "accepts_budgets", False):
+            settings["budgets"] = request.budgets
+            settings["answer_format"] = self.format
+        return settings
 
     # -- runners --------------------------------------------------------------------------------
 
@@ -331,7 +339,7 @@ class TalePipeline:
                         request = flow.throw(exc)
                         continue
                 else:
-                    reply = self.generator.generate(request.prompts, **self._settings())
+                    reply = self.generator.generate(request.prompts, **self._settings(request))
                 request = flow.send(reply)
             except StopIteration as done:
                 return done.value
@@ -352,7 +360,7 @@ class TalePipeline:
                         request = flow.throw(exc)
                         continue
                 else:
-                    reply = await self.generator.agenerate(request.prompts, **self._settings())
+                    reply = await self.generator.agenerate(request.prompts, **self._settings(request))
                 request = flow.send(reply)
             except StopIteration as done:
                 return done.value

@@ -34,6 +34,7 @@ __all__ = [
     "ONE_CONVERSATION_ANSWER_TURN",
     "PROMPT_VERSION",
     "VANILLA_COT_TRIGGER",
+    "WRAP_UP",
     "ConversationStyle",
     "EstimationPrompt",
     "QuestionFormat",
@@ -43,6 +44,7 @@ __all__ = [
     "estimation_messages",
     "one_conversation_messages",
     "question_prompt",
+    "wrap_up",
 ]
 
 #: Bumped whenever a rendered prompt changes; recorded with results so runs stay comparable.
@@ -248,3 +250,17 @@ def one_conversation_messages(
     messages.append({"role": "user", "content": turn})
     return messages
 
+
+
+# Ours: what the budget enforcer writes when an answer reaches its reasoning budget, to close the
+# reasoning and open the final answer in the format the prompt asked for, and what closes it.
+WRAP_UP: dict[QuestionFormat, tuple[str, str]] = {
+    QuestionFormat.GSM8K: ("\n\nThe final answer is [[", "]]"),
+    QuestionFormat.MULTIPLE_CHOICE: ("\n\nThe final choice is [[", "]]"),
+    QuestionFormat.CHAT: ("\n\nIn short, ", ""),
+}
+
+
+def wrap_up(format: QuestionFormat | str = QuestionFormat.GSM8K) -> tuple[str, str]:
+    """The enforcer's (opening, closing) strings for a question format; closing may be empty."""
+    return WRAP_UP[QuestionFormat(format)]

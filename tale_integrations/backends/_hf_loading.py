@@ -1,0 +1,146 @@
+"""Loading local checkpoints for `HFGenerator`: plain folders, merged TALE-PT checkpoints, base + LoRA
+adapter folders, with safetensors only and clear errors that name the path at fault."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._optional import require
+from .embedded import EMBEDDED_MODEL_NAME
+
+torch = require("torch", extra="hf", purpose="the local Hugging Face backend")
+transformers = require("transformers", extra="hf", purpose="the local Hugging Face backend")
+
+__all__ = ["Source", "check_source", "load_checkpoint", "resolve_dtype"]
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "auto": "auto",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where the weights come from: a base model (path or hub id) and an optional LoRA adapter."""
+
+    base: str | None  # None: the embedded model
+    adapter: str | None = None
+
+
+def _is_hub_id(text: str) -> bool:
+    return text.count("/") == 1 and not text.startswith((".", "/", "~")) and os.sep == "/"
+
+
+def _check_weights(path: Path, argument: str, pattern: str) -> None:
+    if any(path.glob(pattern)):
+        return
+    pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+    if pickled:
+        raise ValueError(
+            f"{argument}={str(path)!r} holds only pickle weights ({', '.join(pickled[:3])}); only safetensors are "
+            "loaded (pickle files can run code). Convert them, e.g. load once and save_pretrained(..., "
+            "safe_serialization=True)"
+        )
+    raise ValueError(f"{argument}={str(path)!r} has no safetensors weights ({pattern})")
+
+
+def _adapter_base(adapter: Path) -> str:
+    try:
+        config = json.loads((adapter / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"adapter={str(adapter)!r}: unreadable adapter_config.json ({exc})") from exc
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"adapter={str(adapter)!r} does not name its base model; pass base=PATH")
+    return base
+
+
+def check_source(model: Any, adapter: Any = None) -> Source:
+    """Validate the paths early (at construction, before any weights load)."""
+    if adapter is not None:
+        if not isinstance(adapter, (str, os.PathLike)):
+            raise TypeError(f"adapter must be a path, got {type(adapter).__name__}")
+        adapter_path = Path(os.fspath(adapter)).expanduser()
+        if not (adapter_path / "adapter_config.json").is_file():
+            what = "does not exist" if not adapter_path.exists() else "has no adapter_config.json"
+            raise FileNotFoundError(f"adapter={str(adapter_path)!r} {what}; pass a PEFT LoRA adapter folder")
+        _check_weights(adapter_path, "adapter", "adapter_model*.safetensors")
+        base = model if model is not None else _adapter_base(adapter_path)
+        return Source(base=_check_base(base, "model" if model is not None else "the adapter's base_model_name_or_path"),
+                      adapter=str(adapter_path))
+    if model is None:
+        return Source(base=None)
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a path or a hub id, got {type(model).__name__}")
+    path = Path(os.fspath(model)).expanduser()
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        return check_source(None, path)  # an adapter folder given as the model
+    return Source(base=_check_base(os.fspath(model), "model"))
+
+
+def _check_base(base: Any, argument: str) -> str:
+    source = os.fspath(base)
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ValueError(
+                f"{argument}={source!r} is not a Hugging Face model folder (no config.json in it); pass the "
+                "folder that holds config.json and the safetensors weights"
+            )
+        _check_weights(path, argument, "*.safetensors")
+        return str(path)
+    if not _is_hub_id(source):
+        raise FileNotFoundError(
+            f"{argument}={source!r} does not exist; pass a local Hugging Face model folder, or leave "
+            f"model unset to use the embedded {EMBEDDED_MODEL_NAME}"
+        )
+    return source
+
+
+def resolve_dtype(dtype: Any, device: str) -> Any:
+    """bfloat16 on CUDA and float32 on CPU unless the caller chose."""
+    if dtype is None:
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or a torch.dtype, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def load_checkpoint(
+    base: str, adapter: str | None, *, device: str, dtype: Any, merge: bool, trust_remote_code: bool
+) -> tuple[Any, Any]:
+    """Load (model, tokenizer); with an adapter, a PEFT model (merged into plain weights if ``merge``)."""
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": trust_remote_code}
+    if device == "auto" or device == "cuda":
+        kwargs["device_map"] = "auto"
+    elif device.startswith("cuda"):
+        kwargs["device_map"] = {"": device}
+    tokenizer_source = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else base
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
+        model = transformers.AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    except ImportError:
+        raise
+    except Exception as exc:  # corrupt weights surface as several library-specific types
+        raise OSError(f"could not load the model from {base!r}: {exc}") from exc
+    if "device_map" not in kwargs:
+        model.to(device)
+    if adapter is None:
+        return model, tokenizer
+    peft = require("peft", extra="hf", purpose="loading LoRA adapters")
+    try:
+        model = peft.PeftModel.from_pretrained(model, adapter, is_trainable=False)
+    except Exception as exc:  # shape mismatches come as RuntimeError, missing modules as ValueError
+        raise ValueError(
+            f"adapter={adapter!r} does not fit the base model {base!r}: {exc}. Pass the base it was trained "
+            "on (its adapter_config.json names it as base_model_name_or_path)"
+        ) from exc
+    if merge:
+        model = model.merge_and_unload()
+    return model, tokenizer

@@ -1,0 +1,120 @@
+"""Stop strings and token-by-token streaming for `HFGenerator`."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from .._optional import require
+from ..core.generation import StreamEvent
+
+torch = require("torch", extra="hf", purpose="the local Hugging Face backend")
+transformers = require("transformers", extra="hf", purpose="the local Hugging Face backend")
+from transformers.generation.streamers import BaseStreamer  # noqa: E402
+
+__all__ = ["StopOnStrings", "TokenQueue", "safe_prefix", "stream_text"]
+
+_DONE = object()
+
+
+class StopOnStrings(transformers.StoppingCriteria):
+    """Ends each row once its new text contains a stop string (checked on a window of recent tokens)."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.stops = list(stops)
+        self.prompt_length = prompt_length
+        # A stop string of n characters spans at most n tokens; a little more covers the join.
+        self.window = max(len(s) for s in self.stops) + 4
+        self.stopped_at: dict[int, int] = {}
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        start = self.prompt_length
+        for row in range(input_ids.shape[0]):
+            if row in self.stopped_at:
+                done[row] = True
+                continue
+            tail = input_ids[row, max(start, input_ids.shape[1] - self.window) :]
+            text = self.tokenizer.decode(tail, skip_special_tokens=True)
+            if any(s in text for s in self.stops):
+                self.stopped_at[row] = input_ids.shape[1] - start
+                done[row] = True
+        return done
+
+
+class _Cancelled(transformers.StoppingCriteria):
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class TokenQueue(BaseStreamer):
+    """Receives new token ids from ``generate`` (one put per step) and hands them to a consumer."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.cancelled = threading.Event()
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:  # generate first puts the prompt ids
+            self._prompt_seen = True
+            return
+        self.queue.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        """Called by generate at the end; the producer thread signals completion with `finish`."""
+
+    def finish(self) -> None:
+        self.queue.put(_DONE)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def criterion(self) -> transformers.StoppingCriteria:
+        """A stopping criterion that ends generation once the consumer has gone away."""
+        return _Cancelled(self.cancelled)
+
+
+def safe_prefix(text: str, stop: Sequence[str] | None) -> str:
+    """The part of ``text`` that can be shown now: before any stop string, without a trailing partial
+    character, and without a tail that could still grow into a stop string."""
+    text = text.rstrip("\ufffd")
+    if not stop:
+        return text
+    cut = min((p for p in (text.find(s) for s in stop) if p >= 0), default=-1)
+    if cut >= 0:
+        return text[:cut]
+    longest = max(len(s) for s in stop) - 1
+    for k in range(min(len(text), longest), 0, -1):
+        tail = text[-k:]
+        if any(s.startswith(tail) for s in stop):
+            return text[:-k]
+    return text
+
+
+def stream_text(
+    tokenizer: Any, tokens: TokenQueue, stop: Sequence[str] | None, eos_ids: set[int], outcome: dict[str, Any]
+) -> Iterator[StreamEvent]:
+    """Turn the token queue into `StreamEvent` values; the last one carries the final `Generation`."""
+    ids: list[int] = []
+    emitted = ""
+    while True:
+        item = tokens.queue.get()
+        if item is _DONE:
+            break
+        ids.extend(t for t in item if t not in eos_ids)
+        shown = safe_prefix(tokenizer.decode(ids, skip_special_tokens=True), stop)
+        if len(shown) > len(emitted) and shown.startswith(emitted):
+            yield StreamEvent(text=shown[len(emitted) :])
+            emitted = shown
+    if "error" in outcome:
+        raise outcome["error"]
+    final = outcome["generation"]
+    rest = final.text[len(emitted) :] if final.text.startswith(emitted) else ""
+    yield StreamEvent(text=rest, final=final)
