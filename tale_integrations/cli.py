@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("question", help="the question to answer")
     ask.add_argument("--model", metavar="PATH", help="a local Hugging Face model folder (default: the embedded model)")
+    ask.add_argument("--adapter", metavar="PATH", help="a LoRA adapter folder (TALE-PT) to apply on top of the model")
+    ask.add_argument("--enforce", action="store_true",
+                     help="hold the answer to its budget while decoding (wrap up, answer, stop) instead of only asking")
     ask.add_argument("--budget", type=_positive_int, metavar="N", help="use this budget instead of estimating one")
     ask.add_argument("--compare", action="store_true", help="also answer with vanilla chain-of-thought and compare")
     ask.add_argument(
@@ -117,7 +120,8 @@ def _ask(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    generator = HFGenerator(args.model, device=args.device, temperature=args.temperature, progress=progress)
+    generator = HFGenerator(args.model, adapter=args.adapter, device=args.device, temperature=args.temperature,
+                            enforce_budget=args.enforce, progress=progress)
     common: dict[str, Any] = {"format": args.format, "max_tokens": args.max_tokens}
     policy = BudgetPolicy(min_budget=args.min_budget, max_budget=max(args.min_budget, args.max_tokens),
                           fallback_budget=max(args.min_budget, min(128, args.max_tokens)))

@@ -94,3 +94,11 @@ def test_ask_on_the_embedded_model(capsys):
     assert f"use less than {tokens} tokens:" in tale["messages"][-1]["content"]
     assert 1 <= tale["usage"]["output_tokens"] <= 64
     assert tale["estimator_usage"]["input_tokens"] > 50
+
+
+def test_ask_enforce_holds_the_answer_to_its_budget(tiny_model_dir, capsys):
+    data = run_json(capsys, "Q?", "--model", str(tiny_model_dir), "--budget", "20", "--max-tokens", "200", "--enforce",
+                    "--format", "gsm8k")
+    tale = data["tale"]
+    assert tale["usage"]["output_tokens"] <= 20 + 24
+    assert "[[" in tale["text"]

@@ -217,6 +217,9 @@ class HFGenerator:
             for b in budgets:
                 if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
                     raise ValueError(f"each budget must be a positive int or None, got {b!r}")
+        for i, conversation in enumerate(conversations):
+            if not any(m["content"].strip() for m in conversation):
+                raise ValueError(f"prompts[{i}] is empty: every message has empty content; pass the text to answer")
         encoded = [self.encode_chat(c) for c in conversations]
         window = self.context_window
         for i, ids in enumerate(encoded):

@@ -174,6 +174,8 @@ def test_bad_call_arguments(tiny_generator, kwargs, error, match):
         ([[]], ValueError),
         ([[{"role": "robot", "content": "x"}]], ValueError),
         ([[{"role": "user", "content": 3}]], TypeError),
+        ([[{"role": "user", "content": "  "}]], ValueError),
+        ([[{"role": "system", "content": ""}, {"role": "user", "content": ""}]], ValueError),
     ],
 )
 def test_bad_prompts(tiny_generator, prompts, error):

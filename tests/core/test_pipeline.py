@@ -327,3 +327,13 @@ def test_embedded_budget_reaches_the_prompt_and_usage_is_exact(embedded_generato
     assert result.estimator_usage.input_tokens == len(embedded_generator.encode_chat(estimation))
     assert 1 <= result.usage.output_tokens <= 48
     assert 1 <= result.estimator_usage.output_tokens <= 64
+    # output counts match an independent, unbatched transformers generation of the same prompts
+    import torch
+
+    model, tok = embedded_generator.model, embedded_generator.tokenizer
+    for messages, usage, cap in ((result.messages, result.usage, 48), (estimation, result.estimator_usage, 64)):
+        enc = tok.apply_chat_template(list(messages), add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=cap, do_sample=False, pad_token_id=tok.pad_token_id)
+        new = out[0, enc["input_ids"].shape[1]:].tolist()
+        assert usage.output_tokens == len(new)
