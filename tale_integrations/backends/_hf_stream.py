@@ -14,7 +14,7 @@ torch = require("torch", extra="hf", purpose="the local Hugging Face backend")
 transformers = require("transformers", extra="hf", purpose="the local Hugging Face backend")
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
-__all__ = ["StopOnStrings", "TokenQueue", "safe_prefix", "stream_text"]
+__all__ = ["RowLimits", "StopOnStrings", "TokenQueue", "safe_prefix", "stream_text"]
 
 _DONE = object()
 
@@ -43,6 +43,25 @@ class StopOnStrings(transformers.StoppingCriteria):
                 self.stopped_at[row] = input_ids.shape[1] - start
                 done[row] = True
         return done
+
+
+class RowLimits(transformers.StoppingCriteria):
+    """Per-row output caps and cancellation, for batches whose rows asked for different limits."""
+
+    def __init__(self, caps: Sequence[int], prompt_length: int, cancel: Sequence[threading.Event | None] | None) -> None:
+        self.caps = list(caps)
+        self.prompt_length = prompt_length
+        self.cancel = list(cancel) if cancel is not None else [None] * len(self.caps)
+        self.cancelled_at: dict[int, int] = {}
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        produced = input_ids.shape[1] - self.prompt_length
+        done = []
+        for row, (cap, event) in enumerate(zip(self.caps, self.cancel)):
+            if event is not None and event.is_set():
+                self.cancelled_at.setdefault(row, produced)
+            done.append(produced >= cap or row in self.cancelled_at)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class _Cancelled(transformers.StoppingCriteria):

@@ -37,7 +37,7 @@ class BudgetEnforcer(transformers.LogitsProcessor):
         tokenizer: The model's tokenizer (to encode the wrap-up and closing text).
         budgets: One budget per batch row; None leaves that row unconstrained.
         prompt_length: Length of the (left-padded) prompt part of ``input_ids``.
-        max_tokens: The generation's hard cap on new tokens.
+        max_tokens: The generation's hard cap on new tokens (one for all rows, or one per row).
         eos_token_id: The token that ends a turn.
         policy: `BudgetEnforcement` (factor, answer reserve).
         format: `QuestionFormat` that decides the wrap-up text.
@@ -49,7 +49,7 @@ class BudgetEnforcer(transformers.LogitsProcessor):
         budgets: Sequence[int | None],
         *,
         prompt_length: int,
-        max_tokens: int,
+        max_tokens: int | Sequence[int],
         eos_token_id: int,
         policy: BudgetEnforcement | None = None,
         format: QuestionFormat | str = QuestionFormat.GSM8K,
@@ -70,8 +70,9 @@ class BudgetEnforcer(transformers.LogitsProcessor):
         # Answer tokens the model may write itself before the closing is forced.
         self.free_answer = reserve - len(self.wrap_ids) - len(self.close_ids) - 1
         self.prompt_length = prompt_length
+        caps = [max_tokens] * len(budgets) if isinstance(max_tokens, int) else list(max_tokens)
         self.limits = [
-            None if b is None else self.policy.reasoning_tokens(b, max_tokens) for b in budgets
+            None if b is None else self.policy.reasoning_tokens(b, cap) for b, cap in zip(budgets, caps)
         ]
 
     def forced_token(self, row_tokens: list[int], limit: int) -> int | None:

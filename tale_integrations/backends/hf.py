@@ -29,7 +29,7 @@ from ..core.generation import Generation, Message, PromptTooLongError, StreamEve
 from ..core.prompts import QuestionFormat  # noqa: E402
 from ..core.tokens import HFTokenizerCounter  # noqa: E402
 from ._hf_loading import check_source, load_checkpoint, resolve_dtype  # noqa: E402
-from ._hf_stream import StopOnStrings, TokenQueue, stream_text  # noqa: E402
+from ._hf_stream import RowLimits, StopOnStrings, TokenQueue, stream_text  # noqa: E402
 from .budget_enforcer import BudgetEnforcer  # noqa: E402
 from .embedded import EMBEDDED_MODEL_NAME, embedded_model_path  # noqa: E402
 
@@ -205,8 +205,16 @@ class HFGenerator:
 
     def _prepare(self, prompts: Any, max_tokens: Any, stop: Any, temperature: Any, budgets: Any) -> tuple:
         conversations = validate_messages(prompts)
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-            raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+        if max_tokens is None or isinstance(max_tokens, int):
+            caps = [max_tokens] * len(conversations)
+        elif isinstance(max_tokens, Sequence) and len(max_tokens) == len(conversations):
+            caps = list(max_tokens)
+        else:
+            raise ValueError(f"max_tokens must be a positive int, None, or one of those per prompt; got {max_tokens!r}")
+        for cap in caps:
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+                raise ValueError(f"max_tokens must be a positive int or None, got {cap!r}")
+        caps = [cap or self.max_new_tokens for cap in caps]
         if stop is not None and (isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop)):
             raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
         temperature = self.temperature if temperature is None else temperature
@@ -228,31 +236,38 @@ class HFGenerator:
                     f"prompts[{i}] is {len(ids)} tokens, but {self.model_name!r} has a context window of "
                     f"{window} tokens (prompt and answer together); shorten the prompt"
                 )
-        return encoded, max_tokens or self.max_new_tokens, list(stop) if stop else None, temperature
+        return encoded, caps, list(stop) if stop else None, temperature
 
     def generate(
         self,
         prompts: Sequence[Sequence[Message]],
         *,
-        max_tokens: int | None = None,
+        max_tokens: int | Sequence[int | None] | None = None,
         stop: Sequence[str] | None = None,
         temperature: float | None = None,
         budgets: Sequence[int | None] | None = None,
         answer_format: QuestionFormat | str = QuestionFormat.GSM8K,
+        cancel: Sequence[threading.Event | None] | None = None,
     ) -> list[Generation]:
         """Generate one answer per conversation, batched. Safe to call from several threads.
 
-        ``budgets`` (one per prompt, None for none) are enforced while decoding when the generator
-        was made with ``enforce_budget``; ``answer_format`` picks the enforcer's wrap-up text.
+        Beyond the `Generator` protocol: ``max_tokens`` may give one cap per prompt; ``budgets``
+        (one per prompt, None for none) are enforced while decoding when the generator was made with
+        ``enforce_budget``; ``answer_format`` picks the enforcer's wrap-up text; ``cancel`` (one
+        event per prompt) ends a row early once its event is set (a server's disconnected client).
         """
-        encoded, cap, stop, temperature = self._prepare(prompts, max_tokens, stop, temperature, budgets)
+        encoded, caps, stop, temperature = self._prepare(prompts, max_tokens, stop, temperature, budgets)
         budgets = list(budgets) if budgets is not None else [None] * len(encoded)
+        if cancel is not None and len(cancel) != len(encoded):
+            raise ValueError("cancel must give one event (or None) per prompt")
+        cancel = list(cancel) if cancel is not None else [None] * len(encoded)
         results: list[Generation | None] = [None] * len(encoded)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         for start in range(0, len(order), self.max_batch_size):
             chunk = order[start : start + self.max_batch_size]
             generations = self._run(
-                [encoded[i] for i in chunk], cap, stop, temperature, [budgets[i] for i in chunk], answer_format
+                [encoded[i] for i in chunk], [caps[i] for i in chunk], stop, temperature, [budgets[i] for i in chunk],
+                answer_format, cancel=[cancel[i] for i in chunk],
             )
             for i, gen in zip(chunk, generations):
                 results[i] = gen
@@ -262,16 +277,17 @@ class HFGenerator:
         self,
         prompts: Sequence[Sequence[Message]],
         *,
-        max_tokens: int | None = None,
+        max_tokens: int | Sequence[int | None] | None = None,
         stop: Sequence[str] | None = None,
         temperature: float | None = None,
         budgets: Sequence[int | None] | None = None,
         answer_format: QuestionFormat | str = QuestionFormat.GSM8K,
+        cancel: Sequence[threading.Event | None] | None = None,
     ) -> list[Generation]:
         """Async twin of `generate`: the computation runs in a worker thread, off the event loop."""
         return await asyncio.to_thread(
             self.generate, prompts, max_tokens=max_tokens, stop=stop, temperature=temperature, budgets=budgets,
-            answer_format=answer_format,
+            answer_format=answer_format, cancel=cancel,
         )
 
     def stream(
@@ -290,13 +306,13 @@ class HFGenerator:
         complete `Generation` (usage, finish reason). Text that might be the start of a stop string
         is held back until it is known not to be. Closing the iterator early stops the generation.
         """
-        encoded, cap, stop, temperature = self._prepare([messages], max_tokens, stop, temperature, [budget])
+        encoded, caps, stop, temperature = self._prepare([messages], max_tokens, stop, temperature, [budget])
         tokens = TokenQueue()
         outcome: dict[str, Any] = {}
 
         def work() -> None:
             try:
-                outcome["generation"] = self._run(encoded, cap, stop, temperature, [budget], answer_format,
+                outcome["generation"] = self._run(encoded, caps, stop, temperature, [budget], answer_format,
                                                   streamer=tokens)[0]
             except BaseException as exc:  # handed to the consumer, never lost in the thread
                 outcome["error"] = exc
@@ -337,16 +353,19 @@ class HFGenerator:
     def _run(
         self,
         rows: list[list[int]],
-        cap: int,
+        caps: list[int],
         stop: list[str] | None,
         temperature: float,
         budgets: list[int | None],
         answer_format: QuestionFormat | str,
         streamer: TokenQueue | None = None,
+        cancel: list[threading.Event | None] | None = None,
     ) -> list[Generation]:
         tok, model = self._tokenizer, self._model
         width = max(len(r) for r in rows)
-        max_new = min(cap, self.context_window - width)
+        room = self.context_window - width
+        caps = [min(cap, room) for cap in caps]
+        max_new = max(caps)
         pad = tok.pad_token_id
         device = model.device
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
@@ -362,10 +381,14 @@ class HFGenerator:
             criteria.append(stop_criterion)
         if streamer is not None:
             criteria.append(streamer.criterion())
+        limits = None
+        if len(set(caps)) > 1 or (cancel and any(e is not None for e in cancel)):
+            limits = RowLimits(caps, width, cancel)
+            criteria.append(limits)
         processors = transformers.LogitsProcessorList()
         if self.enforcement is not None and any(b is not None for b in budgets):
             processors.append(BudgetEnforcer(
-                tok, budgets, prompt_length=width, max_tokens=max_new, eos_token_id=self._eos,
+                tok, budgets, prompt_length=width, max_tokens=caps, eos_token_id=self._eos,
                 policy=self.enforcement, format=answer_format,
             ))
         with self._generate_lock, torch.inference_mode():
@@ -376,7 +399,11 @@ class HFGenerator:
                 stopping_criteria=criteria, logits_processor=processors, streamer=streamer,
             )
         new = output[:, width:].tolist()
-        return [self._finish(row, prompt, tokens, stop, stop_criterion) for row, (prompt, tokens) in enumerate(zip(rows, new))]
+        ends = [limits.cancelled_at.get(row, cap) if limits else cap for row, cap in enumerate(caps)]
+        return [
+            self._finish(row, prompt, tokens[: ends[row]], stop, stop_criterion)
+            for row, (prompt, tokens) in enumerate(zip(rows, new))
+        ]
 
     def _finish(self, row: int, prompt: list[int], tokens: list[int], stop: list[str] | None,
                 criterion: StopOnStrings | None) -> Generation:

@@ -269,3 +269,26 @@ def test_embedded_batch_equals_single(embedded_generator):
     batched = embedded_generator.generate(prompts, max_tokens=12)
     single = [embedded_generator.generate([p], max_tokens=12)[0] for p in prompts]
     assert [g.text for g in batched] == [g.text for g in single]
+
+
+def test_per_prompt_caps_in_one_batch(scripted_generator):
+    gen = scripted_generator(" 7")
+    out = gen.generate([chat("a"), chat("b"), chat("c")], max_tokens=[3, 7, None])
+    room = gen.context_window - len(gen.encode_chat(chat("c")))  # the default cap, lowered to the context
+    assert [g.usage.output_tokens for g in out] == [3, 7, min(gen.max_new_tokens, room)]
+    assert [g.text for g in out[:2]] == [" 7" * 3, " 7" * 7]
+    assert all(g.finish_reason == "length" for g in out)
+
+
+def test_a_cancelled_row_stops_while_others_go_on(scripted_generator):
+    event = threading.Event()
+    event.set()
+    gen = scripted_generator(" 7")
+    cancelled, kept = gen.generate([chat("a"), chat("b")], max_tokens=6, cancel=[event, None])
+    assert cancelled.usage.output_tokens <= 1
+    assert kept.usage.output_tokens == 6
+
+
+def test_per_prompt_caps_must_match_the_batch(tiny_generator):
+    with pytest.raises(ValueError, match="per prompt"):
+        tiny_generator.generate([chat("a")], max_tokens=[3, 4])
