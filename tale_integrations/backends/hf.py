@@ -184,8 +184,13 @@ class HFGenerator:
 
     @property
     def context_window(self) -> int:
-        """The model's maximum sequence length, prompt included."""
-        config = self.model.config
+        """The model's maximum sequence length, prompt included (read from the config; no weights load)."""
+        if self._model is not None:
+            config = self._model.config
+        elif self._source.base is not None and Path(self._source.base, "config.json").is_file():
+            config = transformers.AutoConfig.from_pretrained(self._source.base, trust_remote_code=self.trust_remote_code)
+        else:
+            config = self.model.config
         window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         return int(window) if window else 2048
 
@@ -256,6 +261,8 @@ class HFGenerator:
         ``enforce_budget``; ``answer_format`` picks the enforcer's wrap-up text; ``cancel`` (one
         event per prompt) ends a row early once its event is set (a server's disconnected client).
         """
+        if isinstance(prompts, Sequence) and not isinstance(prompts, (str, bytes)) and len(prompts) == 0:
+            return []
         encoded, caps, stop, temperature = self._prepare(prompts, max_tokens, stop, temperature, budgets)
         budgets = list(budgets) if budgets is not None else [None] * len(encoded)
         if cancel is not None and len(cancel) != len(encoded):
@@ -305,8 +312,13 @@ class HFGenerator:
         Yields `StreamEvent` values whose texts join to the final text; the last one carries the
         complete `Generation` (usage, finish reason). Text that might be the start of a stop string
         is held back until it is known not to be. Closing the iterator early stops the generation.
+        Bad arguments raise here, before the first event.
         """
-        encoded, caps, stop, temperature = self._prepare([messages], max_tokens, stop, temperature, [budget])
+        prepared = self._prepare([messages], max_tokens, stop, temperature, [budget])
+        return self._stream(*prepared, budget, answer_format)
+
+    def _stream(self, encoded: list[list[int]], caps: list[int], stop: list[str] | None, temperature: float,
+                budget: int | None, answer_format: QuestionFormat | str) -> Iterator[StreamEvent]:
         tokens = TokenQueue()
         outcome: dict[str, Any] = {}
 

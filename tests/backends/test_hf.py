@@ -292,3 +292,10 @@ def test_a_cancelled_row_stops_while_others_go_on(scripted_generator):
 def test_per_prompt_caps_must_match_the_batch(tiny_generator):
     with pytest.raises(ValueError, match="per prompt"):
         tiny_generator.generate([chat("a")], max_tokens=[3, 4])
+
+
+def test_config_facts_and_empty_batches_load_no_weights(tiny_model_dir):
+    gen = HFGenerator(tiny_model_dir)
+    assert gen.context_window == 256
+    assert gen.generate([]) == []
+    assert not gen.is_loaded

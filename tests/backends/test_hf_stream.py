@@ -54,9 +54,9 @@ def test_closing_the_stream_early_stops_generation(scripted_generator):
     assert gen.generate([PROMPT], max_tokens=2)[0].usage.output_tokens == 2
 
 
-def test_stream_errors_reach_the_consumer(tiny_generator):
+def test_bad_stream_arguments_raise_at_the_call(tiny_generator):
     with pytest.raises(ValueError, match="max_tokens"):
-        list(tiny_generator.stream(PROMPT, max_tokens=0))
+        tiny_generator.stream(PROMPT, max_tokens=0)
 
 
 async def test_astream_matches_stream(scripted_generator):
