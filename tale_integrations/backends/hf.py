@@ -225,6 +225,11 @@ class HFGenerator:
         temperature = self.temperature if temperature is None else temperature
         _check_temperature(temperature)
         if budgets is not None:
+            if self.enforcement is None and any(b is not None for b in budgets):
+                raise ValueError(
+                    "budgets are only enforced by a generator made with enforce_budget=True; without it, put the "
+                    "budget in the prompt (TalePipeline does) and pass budgets=None"
+                )
             if isinstance(budgets, (str, bytes)) or len(budgets) != len(conversations):
                 raise ValueError(f"budgets must give one budget (or None) per prompt, got {budgets!r}")
             for b in budgets:

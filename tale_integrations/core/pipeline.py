@@ -310,9 +310,9 @@ class TalePipeline:
 
     def _settings(self, request: _Generate) -> dict[str, Any]:
         settings: dict[str, Any] = {"max_tokens": self.max_tokens, "stop": self.stop, "temperature": self.temperature}
-        # Backends that can hold an answer to its budget while decoding (HFGenerator with
-        # enforce_budget) receive the budgets; others only see them in the prompt.
-        if getattr(self.generator, "accepts_budgets", False):
+        # Backends holding answers to their budget while decoding (HFGenerator with enforce_budget)
+        # receive the budgets; others only see them in the prompt.
+        if getattr(self.generator, "accepts_budgets", False) and getattr(self.generator, "enforcement", None):
             settings["budgets"] = request.budgets
             settings["answer_format"] = self.format
         return settings

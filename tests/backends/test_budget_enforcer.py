@@ -12,10 +12,18 @@ from tale_integrations.core.budget import BudgetEnforcement  # noqa: E402
 PROMPT = [{"role": "user", "content": "What is 3 + 4?"}]
 
 
-def test_off_by_default_budgets_only_reach_the_prompt(scripted_generator):
+def test_off_by_default_and_budgets_are_not_silently_ignored(scripted_generator):
     gen = scripted_generator(" 7")
-    [g] = gen.generate([PROMPT], max_tokens=60, budgets=[10])
+    assert gen.enforcement is None
+    with pytest.raises(ValueError, match="enforce_budget=True"):
+        gen.generate([PROMPT], max_tokens=60, budgets=[10])
+    with pytest.raises(ValueError, match="enforce_budget=True"):
+        gen.stream(PROMPT, max_tokens=60, budget=10)
+    [g] = gen.generate([PROMPT], max_tokens=60, budgets=[None])
     assert g.usage.output_tokens == 60 and g.finish_reason == "length"
+    # the pipeline keeps the budget in the prompt only
+    result = TalePipeline(gen, budget=10, max_tokens=60).invoke("q")
+    assert result.usage.output_tokens == 60
 
 
 def test_enforced_budget_wraps_up_and_closes_within_the_reserve(scripted_generator):

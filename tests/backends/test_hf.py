@@ -133,7 +133,7 @@ def test_threads_share_one_model_safely(tiny_generator):
 
 
 def test_prompt_longer_than_context_is_refused(tiny_tokenizer):
-    from conftest import build_tiny_model
+    from tiny_models import build_tiny_model
 
     gen = HFGenerator.from_model(build_tiny_model(tiny_tokenizer, max_positions=32), tiny_tokenizer)
     with pytest.raises(PromptTooLongError, match="context window of 32"):
@@ -141,7 +141,7 @@ def test_prompt_longer_than_context_is_refused(tiny_tokenizer):
 
 
 def test_answer_room_is_clamped_to_the_context(tiny_tokenizer):
-    from conftest import build_tiny_model
+    from tiny_models import build_tiny_model
 
     gen = HFGenerator.from_model(build_tiny_model(tiny_tokenizer, max_positions=32), tiny_tokenizer)
     prompt = chat("abc")
@@ -216,7 +216,7 @@ def test_corrupt_weights_are_a_clear_error(tmp_path, tiny_model_dir):
 
 
 def test_tokenizer_without_chat_template_is_refused(tiny_model):
-    from conftest import build_tiny_tokenizer
+    from tiny_models import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     tok.chat_template = None

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 
-from conftest import build_tiny_model  # noqa: E402
+from tiny_models import build_tiny_model  # noqa: E402
 
 from tale_integrations.backends.hf import HFGenerator  # noqa: E402
 

@@ -199,7 +199,7 @@ def test_parse_failure_can_fall_back_to_vanilla():
 
 
 def test_budget_never_exceeds_the_model_context(scripted_generator, tiny_tokenizer):
-    from conftest import build_tiny_model, script_model
+    from tiny_models import build_tiny_model, script_model
 
     from tale_integrations.backends.hf import HFGenerator
 

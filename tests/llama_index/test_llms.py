@@ -76,7 +76,7 @@ def events():
 @pytest.fixture()
 def wide_scripted(tiny_tokenizer):
     """A scripted " 7" generator whose context window (4096) holds LlamaIndex's long RAG prompts."""
-    from conftest import build_tiny_model, script_model
+    from tiny_models import build_tiny_model, script_model
 
     [token_id] = tiny_tokenizer.convert_tokens_to_ids([" 7"])
     model = script_model(build_tiny_model(tiny_tokenizer, max_positions=4096), token_id)

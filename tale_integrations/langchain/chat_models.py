@@ -1,0 +1,465 @@
+"""`ChatTaleHF`: a LangChain chat model over the local transformers backend (`HFGenerator`).
+
+What it adds over a pipeline wrapper: only new text comes back (never the prompt); token usage is
+exact, counted from the ids; per-call ``max_tokens``, ``stop``, ``temperature`` and ``budget`` are
+honoured and unknown per-call settings raise; ``ainvoke`` and ``astream`` are truly async;
+``batch``, ``abatch``, ``generate`` and ``agenerate`` answer all inputs with one batched backend
+call, with the usual callbacks for every input.
+
+Messages: system, human and AI messages keep their roles, and any message may come last. A
+`ToolMessage` becomes the user turn ``"Tool result (<name>): <content>"`` and an AI message's tool
+calls are appended to its text as ``"Tool call (<name>): <json args>"``, so agent histories run;
+the model itself is never offered tools (local tool calling is out of scope: ``bind_tools`` and
+``with_structured_output`` raise NotImplementedError). List content is joined from its text
+parts; images, audio and files raise ValueError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.caches import BaseCache
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.globals import get_llm_cache
+from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.messages import (
+    AIMessage, AIMessageChunk, BaseMessage, ChatMessage, FunctionMessage, HumanMessage, SystemMessage, ToolMessage,
+)
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from typing_extensions import Self
+
+if TYPE_CHECKING:
+    from ..backends.hf import HFGenerator
+    from ..core.generation import Generation
+
+__all__ = ["ChatTaleHF"]
+
+PROVIDER = "tale-hf"
+_LOADING_FIELDS = frozenset(
+    {"model_path", "adapter_path", "merge_adapter", "device", "dtype", "max_batch_size", "seed", "enforce_budget"}
+)
+_CALL_KWARGS = ("max_tokens", "max_new_tokens", "stop", "temperature", "budget")
+# Keywords of BaseChatModel.generate that configure tracing, not the model.
+_TRACING_KWARGS = frozenset(
+    {"tags", "metadata", "run_name", "run_id", "ls_structured_output_format", "structured_output_format"}
+)
+_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "ai": "assistant"}
+_TOOL_BLOCKS = frozenset({"tool_call", "tool_call_chunk", "tool_use", "function_call"})
+
+
+# -- messages in, messages out ------------------------------------------------------------------
+
+
+def _text(message: BaseMessage, where: str) -> str:
+    if isinstance(message.content, str):
+        return message.content
+    parts = []
+    for k, part in enumerate(message.content):
+        if isinstance(part, str):
+            parts.append(part)
+        elif isinstance(part, dict) and part.get("type") == "text":
+            parts.append(str(part.get("text", "")))
+        elif not (isinstance(message, AIMessage) and isinstance(part, dict) and part.get("type") in _TOOL_BLOCKS):
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise ValueError(
+                f"{where}.content[{k}] is a {kind!r} part; ChatTaleHF runs a text-only local model, so message "
+                "content must be a string or a list of text parts (no images, audio or files)"
+            )
+    return "".join(parts)  # an AI message's tool-call blocks are rendered from message.tool_calls
+
+
+def to_conversation(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+    """LangChain messages as the backend's ``{"role", "content"}`` dicts (see the module docstring)."""
+    if not messages:
+        raise ValueError("messages is empty; give at least one message")
+    conversation = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if isinstance(message, SystemMessage):
+            role, content = "system", _text(message, where)
+        elif isinstance(message, HumanMessage):
+            role, content = "user", _text(message, where)
+        elif isinstance(message, AIMessage):
+            calls = [f"Tool call ({c['name']}): {json.dumps(c['args'])}" for c in message.tool_calls]
+            role, content = "assistant", "\n".join([t for t in [_text(message, where)] if t] + calls)
+        elif isinstance(message, (ToolMessage, FunctionMessage)):
+            name = message.name or getattr(message, "tool_call_id", None) or "tool"
+            role, content = "user", f"Tool result ({name}): {_text(message, where)}"
+        elif isinstance(message, ChatMessage) and message.role.lower() in _ROLES:
+            role, content = _ROLES[message.role.lower()], _text(message, where)
+        else:
+            label = f"ChatMessage with role {message.role!r}" if isinstance(message, ChatMessage) else type(message).__name__
+            raise ValueError(f"{where} is a {label}; ChatTaleHF accepts system, human, AI and tool messages")
+        conversation.append({"role": role, "content": content})
+    return conversation
+
+
+def _usage_metadata(generation: Generation) -> dict[str, int]:
+    usage = generation.usage
+    return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens, "total_tokens": usage.total_tokens}
+
+
+def _response_metadata(generation: Generation) -> dict[str, Any]:
+    return {"model_name": generation.model, "finish_reason": generation.finish_reason, "model_provider": PROVIDER}
+
+
+# -- call settings and batching -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """The settings of one call: per-call kwargs over the instance's defaults."""
+
+    max_tokens: int | None
+    stop: Any
+    temperature: float
+    budget: int | None
+
+    def for_stream(self) -> dict[str, Any]:
+        return {"max_tokens": self.max_tokens, "stop": self.stop, "temperature": self.temperature, "budget": self.budget}
+
+    def for_generate(self, n: int) -> dict[str, Any]:
+        budgets = None if self.budget is None else [self.budget] * n
+        return {"max_tokens": self.max_tokens, "stop": self.stop, "temperature": self.temperature, "budgets": budgets}
+
+
+class _PendingBatch:
+    """The conversations of one batch call, generated together the first time any of them is needed.
+
+    LangChain runs a batch as one `_generate` per input (in threads, or as concurrent tasks), each
+    after its own ``on_chat_model_start``. The first input to reach `_generate` sends every
+    conversation to the backend in one call; the others pick up their results. If that call fails,
+    each input falls back to its own call, so one bad prompt fails alone.
+    """
+
+    def __init__(self, owner: ChatTaleHF, conversations: list[list[dict[str, str]]], settings: _Settings) -> None:
+        self.owner, self.conversations, self.settings = owner, conversations, settings
+        self.claimed = [False] * len(conversations)
+        self.results: list[Generation] | None = None
+        self.failed = False
+        self.lock = threading.Lock()
+        self.task: asyncio.Future[list[Generation]] | None = None
+
+    def _claim(self, owner: ChatTaleHF, conversation: list[dict[str, str]], settings: _Settings) -> int | None:
+        if owner is self.owner and settings == self.settings:
+            for i, candidate in enumerate(self.conversations):
+                if not self.claimed[i] and candidate == conversation:
+                    self.claimed[i] = True
+                    return i
+        return None
+
+    def take(self, owner: ChatTaleHF, conversation: list[dict[str, str]], settings: _Settings) -> Generation | None:
+        with self.lock:
+            i = self._claim(owner, conversation, settings)
+            if i is not None and self.results is None and not self.failed:
+                try:
+                    self.results = owner.generator.generate(
+                        self.conversations, **settings.for_generate(len(self.conversations))
+                    )
+                except Exception:
+                    self.failed = True
+            return None if i is None or self.results is None else self.results[i]
+
+    async def atake(self, owner: ChatTaleHF, conversation: list[dict[str, str]], settings: _Settings) -> Generation | None:
+        i = self._claim(owner, conversation, settings)
+        if i is None:
+            return None
+        if self.task is None:
+            self.task = asyncio.ensure_future(
+                owner.generator.agenerate(self.conversations, **settings.for_generate(len(self.conversations)))
+            )
+        try:
+            return (await asyncio.shield(self.task))[i]
+        except Exception:
+            return None
+
+
+_PENDING: ContextVar[_PendingBatch | None] = ContextVar("tale_hf_pending_batch", default=None)
+#: The generator that `ChatTaleHF.from_generator` hands to the validator, instead of it building one.
+_INJECTED: ContextVar[Any] = ContextVar("tale_hf_injected_generator", default=None)
+
+
+# -- the chat model -----------------------------------------------------------------------------
+
+
+class ChatTaleHF(BaseChatModel):
+    """A local Hugging Face chat model (transformers) for LangChain, with exact token usage.
+
+    Constructing it loads no weights: they load on the first call (or ``chat.generator.load()``).
+    To wrap an `HFGenerator` you already built (a model in memory, say), use `from_generator`.
+    Unknown constructor arguments raise, so a misspelt setting is never silently ignored.
+
+    Attributes:
+        model_path: A local model folder, a merged TALE-PT checkpoint or a LoRA adapter folder;
+            None for the embedded SmolLM2-135M-Instruct.
+        adapter_path: A PEFT LoRA adapter folder applied on top of ``model_path`` (or the base it names).
+        merge_adapter: Merge the adapter into the weights after loading (faster decoding).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available, else CPU.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"``; default bf16 on CUDA, fp32 on CPU.
+        temperature: Sampling temperature; 0 (the default) means greedy decoding.
+        max_tokens: Default cap on new tokens per answer; None for the backend's default (512).
+        stop: Default stop strings; the answer ends before the first one and never contains it.
+        max_batch_size: Prompts per forward pass; larger batches are split.
+        seed: Seed for sampled decoding, for repeatable runs.
+        enforce_budget: Hold answers to their token budget while decoding (`BudgetEnforcer`).
+        budget: Default token budget of each call, enforced while decoding; needs ``enforce_budget``.
+        streaming: Route ``invoke`` through the streaming path, so callbacks see every token.
+
+    Per call (``invoke(..., max_tokens=64)`` or ``bind``): ``max_tokens`` (alias ``max_new_tokens``),
+    ``stop``, ``temperature`` and ``budget``; anything else raises TypeError.
+
+    Example:
+        ```python
+        chat = ChatTaleHF(model_path="path/to/model", max_tokens=256)
+        reply = chat.invoke("What is 2 + 3?", max_tokens=64)
+        reply.usage_metadata  # exact counts from the model's own tokenizer
+        ```
+    """
+
+    model_path: str | None = None
+    adapter_path: str | None = None
+    merge_adapter: bool = False
+    device: str | None = None
+    dtype: str | None = None
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop: list[str] | None = None
+    max_batch_size: int = Field(default=16, ge=1)
+    seed: int | None = None
+    enforce_budget: bool = False
+    budget: int | None = Field(default=None, ge=1)
+    streaming: bool = False
+
+    model_config = ConfigDict(extra="forbid")
+
+    _generator: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _attach_generator(self) -> Self:
+        self._generator = _INJECTED.get()
+        if self._generator is None:
+            from ..backends.hf import HFGenerator  # the hf extra is needed only here
+
+            # Checks the paths and settings now; the weights load on first use.
+            self._generator = HFGenerator(
+                self.model_path, adapter=self.adapter_path, merge=self.merge_adapter, device=self.device,
+                dtype=self.dtype, max_batch_size=self.max_batch_size, temperature=self.temperature, seed=self.seed,
+                enforce_budget=self.enforce_budget,
+            )
+        self._check_budget(self.budget)
+        return self
+
+    @classmethod
+    def from_generator(cls, generator: HFGenerator, **fields: Any) -> ChatTaleHF:
+        """Wrap a generator that is already built, e.g. ``HFGenerator.from_model(model, tokenizer)``.
+
+        ``fields`` are per-call defaults (``temperature``, ``max_tokens``, ``stop``, ``budget``,
+        ``streaming``) and LangChain options (``callbacks``, ``tags``...). Loading options
+        (``model_path``, ``device``, ``enforce_budget``...) belong to the generator: they raise TypeError.
+        """
+        loading = sorted(_LOADING_FIELDS & fields.keys())
+        if loading:
+            raise TypeError(
+                f"from_generator got loading option(s) {loading}; they configure how a model is loaded, so set "
+                "them on the generator you pass (e.g. HFGenerator(..., enforce_budget=True))"
+            )
+        token = _INJECTED.set(generator)
+        try:
+            return cls(**fields)
+        finally:
+            _INJECTED.reset(token)
+
+    @property
+    def generator(self) -> HFGenerator:
+        """The backend generator (its weights load on first use)."""
+        return self._generator
+
+    @property
+    def model_name(self) -> str:
+        """The model's name as the backend reports it (known without loading the weights)."""
+        return self._generator.model_name
+
+    @property
+    def _llm_type(self) -> str:
+        return PROVIDER
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        names = ("model_path", "adapter_path", "temperature", "max_tokens", "stop", "enforce_budget", "budget")
+        return {"model_name": self.model_name, **{name: getattr(self, name) for name in names}}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        model = kwargs.get("model")  # not supported per call (it raises), but the trace still names it
+        params = LangSmithParams(ls_provider=PROVIDER, ls_model_type="chat",
+                                 ls_model_name=model if isinstance(model, str) else self.model_name)
+        with contextlib.suppress(Exception):  # invalid settings raise from the call itself
+            settings = self._settings(stop, {k: v for k, v in kwargs.items() if k in _CALL_KWARGS})
+            params["ls_temperature"] = settings.temperature
+            if settings.max_tokens is not None:
+                params["ls_max_tokens"] = settings.max_tokens
+            if settings.stop:
+                params["ls_stop"] = list(settings.stop)
+        return params
+
+    def _check_budget(self, budget: int | None) -> None:
+        if budget is not None and getattr(self._generator, "enforcement", None) is None:
+            raise ValueError(
+                f"budget={budget} is enforced only while decoding with enforce_budget=True (with from_generator: "
+                "a generator made with enforce_budget=True); turn enforcement on, or put the budget in the prompt"
+            )
+
+    def _settings(self, stop: list[str] | None, kwargs: dict[str, Any]) -> _Settings:
+        # "stream" is LangChain's own routing flag (invoke(..., stream=True)), not a model setting.
+        unknown = sorted(set(kwargs) - set(_CALL_KWARGS) - {"stream"})
+        if unknown:
+            raise TypeError(
+                f"ChatTaleHF got unsupported keyword argument(s) {unknown}; the per-call settings are "
+                f"{', '.join(_CALL_KWARGS)}. Tools, structured output and another model per call are not supported"
+            )
+        if kwargs.get("max_tokens") is not None and kwargs.get("max_new_tokens") is not None:
+            raise TypeError("give max_tokens or its alias max_new_tokens, not both")
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        budget = given.get("budget", self.budget)
+        self._check_budget(budget)
+        stop = stop if stop is not None else self.stop
+        return _Settings(
+            max_tokens=given.get("max_tokens", given.get("max_new_tokens", self.max_tokens)),
+            stop=(tuple(stop) or None) if isinstance(stop, (list, tuple)) else stop,  # the backend checks the rest
+            temperature=given.get("temperature", self.temperature),
+            budget=budget,
+        )
+
+    # -- generation -----------------------------------------------------------------------------
+
+    def _result(self, generation: Generation) -> ChatResult:
+        message = AIMessage(content=generation.text, usage_metadata=_usage_metadata(generation),
+                            response_metadata=_response_metadata(generation))
+        llm_output = {"token_usage": _usage_metadata(generation), "model_name": generation.model}
+        return ChatResult(generations=[ChatGeneration(message=message)], llm_output=llm_output)
+
+    def _combine_llm_outputs(self, llm_outputs: list[dict | None]) -> dict:
+        outputs = [o for o in llm_outputs if o]
+        usage = {k: sum(o["token_usage"][k] for o in outputs) for k in ("input_tokens", "output_tokens", "total_tokens")}
+        return {"token_usage": usage, "model_name": outputs[0]["model_name"]} if outputs else {}
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        conversation, settings = to_conversation(messages), self._settings(stop, kwargs)
+        pending = _PENDING.get()
+        generation = pending.take(self, conversation, settings) if pending else None
+        if generation is None:
+            generation = self._generator.generate([conversation], **settings.for_generate(1))[0]
+        return self._result(generation)
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        conversation, settings = to_conversation(messages), self._settings(stop, kwargs)
+        pending = _PENDING.get()
+        generation = await pending.atake(self, conversation, settings) if pending else None
+        if generation is None:
+            generation = (await self._generator.agenerate([conversation], **settings.for_generate(1)))[0]
+        return self._result(generation)
+
+    @staticmethod
+    def _chunk(text: str, final: Generation | None) -> ChatGenerationChunk:
+        if final is None:
+            return ChatGenerationChunk(message=AIMessageChunk(content=text))
+        # Usage and model name ride on the last chunk only, so aggregating the chunks counts them once.
+        return ChatGenerationChunk(message=AIMessageChunk(
+            content=text, usage_metadata=_usage_metadata(final), response_metadata=_response_metadata(final),
+            chunk_position="last",
+        ))
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        conversation, settings = to_conversation(messages), self._settings(stop, kwargs)
+        for event in self._generator.stream(conversation, **settings.for_stream()):
+            if event.text or event.final is not None:
+                chunk = self._chunk(event.text, event.final)
+                if run_manager:  # LangChain's stream() reports tokens itself and passes no run_manager
+                    run_manager.on_llm_new_token(event.text, chunk=chunk)
+                yield chunk
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        conversation, settings = to_conversation(messages), self._settings(stop, kwargs)
+        async for event in self._generator.astream(conversation, **settings.for_stream()):
+            if event.text or event.final is not None:
+                chunk = self._chunk(event.text, event.final)
+                if run_manager:
+                    await run_manager.on_llm_new_token(event.text, chunk=chunk)
+                yield chunk
+
+    # -- true batching: the inherited methods, run inside one pending batch -----------------------
+
+    @contextlib.contextmanager
+    def _batching(self, inputs: Sequence[Any], stop: Any, kwargs: dict[str, Any]) -> Iterator[None]:
+        """While inside, the inputs that LangChain runs one by one share one backend call.
+
+        Not with an LLM cache, which may answer some of them without the model.
+        """
+        pending = None
+        cache = self.cache if isinstance(self.cache, BaseCache) else get_llm_cache()
+        if len(inputs) > 1 and (self.cache is False or cache is None):
+            conversations = []
+            for value in inputs:
+                with contextlib.suppress(Exception):  # a bad input fails later, alone, in its own call
+                    conversations.append(to_conversation(self._convert_input(value).to_messages()))
+            with contextlib.suppress(Exception):
+                settings = self._settings(stop, {k: v for k, v in kwargs.items() if k not in _TRACING_KWARGS})
+                pending = _PendingBatch(self, conversations, settings) if len(conversations) > 1 else None
+        token = _PENDING.set(pending) if pending else None
+        try:
+            yield
+        finally:
+            if token is not None:
+                _PENDING.reset(token)
+
+    def generate(self, messages: list[list[BaseMessage]], stop: list[str] | None = None, callbacks: Any = None,
+                 **kwargs: Any) -> LLMResult:
+        """`BaseChatModel.generate` (callbacks for each message list), with one batched backend call."""
+        with self._batching(messages, stop, kwargs):
+            return super().generate(messages, stop, callbacks, **kwargs)
+
+    async def agenerate(self, messages: list[list[BaseMessage]], stop: list[str] | None = None,
+                        callbacks: Any = None, **kwargs: Any) -> LLMResult:
+        """Async twin of `generate`."""
+        with self._batching(messages, stop, kwargs):
+            return await super().agenerate(messages, stop, callbacks, **kwargs)
+
+    def batch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False,
+              **kwargs: Any) -> list[Any]:
+        """Answer all inputs with one batched backend call; configs and callbacks stay per input."""
+        with self._batching(inputs, kwargs.get("stop"), kwargs):
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    async def abatch(self, inputs: list[Any], config: Any = None, *, return_exceptions: bool = False,
+                     **kwargs: Any) -> list[Any]:
+        """Async twin of `batch`."""
+        with self._batching(inputs, kwargs.get("stop"), kwargs):
+            return await super().abatch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+    # -- token counting -------------------------------------------------------------------------
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` with the model's own tokenizer (no special tokens)."""
+        return list(self._generator.tokenizer.encode(text, add_special_tokens=False))
+
+    def get_num_tokens(self, text: str) -> int:
+        """Number of tokens in ``text`` with the model's own tokenizer."""
+        return self._generator.token_counter().count(text)
+
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
+        """Length of the chat-templated prompt with the assistant turn opened: the call's ``input_tokens``."""
+        if tools:
+            raise NotImplementedError("ChatTaleHF does not support tools, so it cannot count tool schemas")
+        return len(self._generator.encode_chat(to_conversation(messages)))

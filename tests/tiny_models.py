@@ -1,0 +1,84 @@
+"""Tiny real models for tests: a byte-level BPE tokenizer trained in milliseconds and a 2-layer
+llama with random weights, plus a "scripted" variant whose output head makes greedy decoding emit
+one chosen token forever (a deterministic real model for exact assertions).
+
+Import as ``from tiny_models import ...`` (the tests folder is on the path, see pyproject.toml).
+"""
+
+from __future__ import annotations
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+#: Whole strings the tiny tokenizer holds as single tokens, so a scripted model can emit them.
+SCRIPT_TOKENS = ["[[40]]", " 7", "STOP"]
+
+
+def build_tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [
+        "Let's think step by step and use less than 40 tokens:",
+        "Q: What is 2 + 3? Please Give the response by strictly following this format: [[answer]]",
+        "Task: Analyze the given question and estimate the minimum number of tokens. Budget: [[12]]",
+        "The answer is 7. system user assistant",
+    ] * 5
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    fast.add_tokens(SCRIPT_TOKENS)
+    fast.chat_template = CHATML
+    return fast
+
+
+def build_tiny_model(tokenizer, *, seed: int = 0, max_positions: int = 256):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()
+
+
+def script_model(model, token_id: int):
+    """Make greedy decoding emit ``token_id`` at every step (in place; returns the model)."""
+    import torch
+
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[token_id] = 10.0
+    model.lm_head = head
+    return model
