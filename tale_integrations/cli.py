@@ -17,6 +17,8 @@ from . import __version__
 from .core.budget import BudgetPolicy
 from .core.pipeline import Mode, TalePipeline, TaleResult
 from .core.prompts import QuestionFormat
+from .eval.cli import add_eval_parsers
+from .serve.cli import add_serve_parser
 
 __all__ = ["main"]
 
@@ -72,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     ask.add_argument("--json", action="store_true", help="print the full results as JSON")
     ask.set_defaults(handler=_ask)
+    add_serve_parser(sub)
+    add_eval_parsers(sub)
     return parser
 
 

@@ -14,7 +14,7 @@ torch = require("torch", extra="hf", purpose="the local Hugging Face backend")
 transformers = require("transformers", extra="hf", purpose="the local Hugging Face backend")
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
-__all__ = ["RowLimits", "StopOnStrings", "TokenQueue", "safe_prefix", "stream_text"]
+__all__ = ["RowLimits", "StopOnStrings", "TextAssembler", "TokenQueue", "is_done", "safe_prefix", "stream_text"]
 
 _DONE = object()
 
@@ -117,23 +117,43 @@ def safe_prefix(text: str, stop: Sequence[str] | None) -> str:
     return text
 
 
+class TextAssembler:
+    """Turns new token ids into text deltas that are safe to show (see `safe_prefix`)."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str] | None, eos_ids: set[int]) -> None:
+        self.tokenizer, self.stop, self.eos_ids = tokenizer, stop, eos_ids
+        self.ids: list[int] = []
+        self.emitted = ""
+
+    def feed(self, new_ids: list[int]) -> str:
+        """The text to show for these new ids (may be empty)."""
+        self.ids.extend(t for t in new_ids if t not in self.eos_ids)
+        shown = safe_prefix(self.tokenizer.decode(self.ids, skip_special_tokens=True), self.stop)
+        if len(shown) > len(self.emitted) and shown.startswith(self.emitted):
+            delta, self.emitted = shown[len(self.emitted) :], shown
+            return delta
+        return ""
+
+    def finish(self, outcome: dict[str, Any]) -> StreamEvent:
+        """The last event (the rest of the text and the final `Generation`), or the worker's error."""
+        if "error" in outcome:
+            raise outcome["error"]
+        final = outcome["generation"]
+        rest = final.text[len(self.emitted) :] if final.text.startswith(self.emitted) else ""
+        return StreamEvent(text=rest, final=final)
+
+
+def is_done(item: Any) -> bool:
+    """Whether a queue item marks the end of the generation."""
+    return item is _DONE
+
+
 def stream_text(
     tokenizer: Any, tokens: TokenQueue, stop: Sequence[str] | None, eos_ids: set[int], outcome: dict[str, Any]
 ) -> Iterator[StreamEvent]:
     """Turn the token queue into `StreamEvent` values; the last one carries the final `Generation`."""
-    ids: list[int] = []
-    emitted = ""
-    while True:
-        item = tokens.queue.get()
-        if item is _DONE:
-            break
-        ids.extend(t for t in item if t not in eos_ids)
-        shown = safe_prefix(tokenizer.decode(ids, skip_special_tokens=True), stop)
-        if len(shown) > len(emitted) and shown.startswith(emitted):
-            yield StreamEvent(text=shown[len(emitted) :])
-            emitted = shown
-    if "error" in outcome:
-        raise outcome["error"]
-    final = outcome["generation"]
-    rest = final.text[len(emitted) :] if final.text.startswith(emitted) else ""
-    yield StreamEvent(text=rest, final=final)
+    assembler = TextAssembler(tokenizer, stop, eos_ids)
+    while not is_done(item := tokens.queue.get()):
+        if delta := assembler.feed(item):
+            yield StreamEvent(text=delta)
+    yield assembler.finish(outcome)

@@ -29,7 +29,7 @@ from ..core.generation import Generation, Message, PromptTooLongError, StreamEve
 from ..core.prompts import QuestionFormat  # noqa: E402
 from ..core.tokens import HFTokenizerCounter  # noqa: E402
 from ._hf_loading import check_source, load_checkpoint, resolve_dtype  # noqa: E402
-from ._hf_stream import RowLimits, StopOnStrings, TokenQueue, stream_text  # noqa: E402
+from ._hf_stream import RowLimits, StopOnStrings, TextAssembler, TokenQueue, is_done, stream_text  # noqa: E402
 from .budget_enforcer import BudgetEnforcer  # noqa: E402
 from .embedded import EMBEDDED_MODEL_NAME, embedded_model_path  # noqa: E402
 
@@ -322,8 +322,9 @@ class HFGenerator:
         prepared = self._prepare([messages], max_tokens, stop, temperature, [budget])
         return self._stream(*prepared, budget, answer_format)
 
-    def _stream(self, encoded: list[list[int]], caps: list[int], stop: list[str] | None, temperature: float,
-                budget: int | None, answer_format: QuestionFormat | str) -> Iterator[StreamEvent]:
+    def _start_stream(self, encoded: list[list[int]], caps: list[int], stop: list[str] | None, temperature: float,
+                      budget: int | None, answer_format: QuestionFormat | str) -> tuple[TokenQueue, threading.Thread, dict]:
+        """Run one generation in a worker thread that pushes its new tokens into a queue."""
         tokens = TokenQueue()
         outcome: dict[str, Any] = {}
 
@@ -338,6 +339,11 @@ class HFGenerator:
 
         thread = threading.Thread(target=work, name="tale-hf-stream", daemon=True)
         thread.start()
+        return tokens, thread, outcome
+
+    def _stream(self, encoded: list[list[int]], caps: list[int], stop: list[str] | None, temperature: float,
+                budget: int | None, answer_format: QuestionFormat | str) -> Iterator[StreamEvent]:
+        tokens, thread, outcome = self._start_stream(encoded, caps, stop, temperature, budget, answer_format)
         try:
             yield from stream_text(self._tokenizer, tokens, stop, self._eos_ids, outcome)
         finally:
@@ -354,18 +360,21 @@ class HFGenerator:
         budget: int | None = None,
         answer_format: QuestionFormat | str = QuestionFormat.GSM8K,
     ) -> AsyncIterator[StreamEvent]:
-        """Async twin of `stream` (decoding runs in a worker thread; the event loop stays free)."""
-        events = self.stream(messages, max_tokens=max_tokens, stop=stop, temperature=temperature, budget=budget,
-                             answer_format=answer_format)
-        done = object()
+        """Async twin of `stream`: decoding runs in a worker thread and the event loop only waits on
+        its token queue; leaving the loop early (or cancelling the task) stops the generation."""
+        encoded, caps, stop, temperature = await asyncio.to_thread(
+            self._prepare, [messages], max_tokens, stop, temperature, [budget]
+        )
+        tokens, thread, outcome = self._start_stream(encoded, caps, stop, temperature, budget, answer_format)
+        assembler = TextAssembler(self._tokenizer, stop, self._eos_ids)
         try:
-            while True:
-                event = await asyncio.to_thread(next, events, done)
-                if event is done:
-                    return
-                yield event
+            while not is_done(item := await asyncio.to_thread(tokens.queue.get)):
+                if delta := assembler.feed(item):
+                    yield StreamEvent(text=delta)
+            yield assembler.finish(outcome)
         finally:
-            await asyncio.to_thread(events.close)
+            tokens.cancel()
+            await asyncio.to_thread(thread.join)
 
     def _run(
         self,
@@ -380,8 +389,9 @@ class HFGenerator:
     ) -> list[Generation]:
         tok, model = self._tokenizer, self._model
         width = max(len(r) for r in rows)
-        room = self.context_window - width
-        caps = [min(cap, room) for cap in caps]
+        # Each row's own room: positions come from the attention mask, so padding costs a row nothing.
+        window = self.context_window
+        caps = [min(cap, window - len(r)) for cap, r in zip(caps, rows)]
         max_new = max(caps)
         pad = tok.pad_token_id
         device = model.device

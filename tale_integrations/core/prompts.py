@@ -24,7 +24,10 @@ import enum
 from collections.abc import Sequence
 
 __all__ = [
+    "BE_CONCISE",
     "BUDGETED_COT_TRIGGER",
+    "CCOT_TRIGGER",
+    "CHAIN_OF_DRAFT_SYSTEM_PROMPT",
     "CHOICE_FORMAT",
     "DIRECT_INSTRUCTION",
     "ESTIMATION_PROMPT_FIGURE",
@@ -39,6 +42,7 @@ __all__ = [
     "EstimationPrompt",
     "QuestionFormat",
     "answer_messages",
+    "baseline_messages",
     "cot_trigger",
     "direct_prompt",
     "estimation_messages",
@@ -264,3 +268,47 @@ WRAP_UP: dict[QuestionFormat, tuple[str, str]] = {
 def wrap_up(format: QuestionFormat | str = QuestionFormat.GSM8K) -> tuple[str, str]:
     """The enforcer's (opening, closing) strings for a question format; closing may be empty."""
     return WRAP_UP[QuestionFormat(format)]
+
+
+# Prompting baselines the evaluation compares TALE with (reference/baselines_and_needs.md), exact.
+#: "Be concise": appended on its own line after the vanilla chain-of-thought prompt.
+BE_CONCISE = "Be concise."
+#: Concise CoT (CCoT-N): replaces the chain-of-thought trigger; ``{words}`` is N.
+CCOT_TRIGGER = "Let's think a bit step by step and limit the answer length to {words} words."
+#: Chain of Draft: the system message; the user turn is the question alone (and its options).
+CHAIN_OF_DRAFT_SYSTEM_PROMPT = (
+    "Think step by step, but only keep minimum draft for each thinking step, with 5 words at most. "
+    "Return the answer at the end of the response after a separator ####."
+)
+
+_BASELINES = ("be-concise", "ccot", "cod")
+
+
+def baseline_messages(
+    baseline: str,
+    question: str,
+    *,
+    format: QuestionFormat | str = QuestionFormat.GSM8K,
+    options: Sequence[str] | None = None,
+    words: int | None = None,
+) -> list[dict[str, str]]:
+    """The answering chat of a prompting baseline: ``"be-concise"``, ``"ccot"`` (needs ``words``) or ``"cod"``.
+
+    ``be-concise`` is the vanilla CoT prompt followed by ``Be concise.`` and a newline; ``ccot`` is the
+    question prompt with the CCoT trigger in place of the CoT trigger; ``cod`` is the Chain of Draft
+    system message and the question alone (its own ``####`` answer format, no trigger, zero-shot).
+    """
+    if baseline not in _BASELINES:
+        raise ValueError(f"baseline must be one of {list(_BASELINES)}, got {baseline!r}")
+    fmt = QuestionFormat(format)
+    if baseline == "be-concise":
+        return [{"role": "user", "content": f"{question_prompt(question, format=fmt, options=options)}{BE_CONCISE}\n"}]
+    body, format_line = _answer_body(fmt, _check_question(question), options)
+    if baseline == "cod":
+        return [
+            {"role": "system", "content": CHAIN_OF_DRAFT_SYSTEM_PROMPT},
+            {"role": "user", "content": body.rstrip("\n")},
+        ]
+    if isinstance(words, bool) or not isinstance(words, int) or words < 1:
+        raise ValueError(f"ccot needs words=N (a positive int), got {words!r}")
+    return [{"role": "user", "content": f"{body}{format_line}{CCOT_TRIGGER.format(words=words)}\n"}]

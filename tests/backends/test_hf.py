@@ -299,3 +299,17 @@ def test_config_facts_and_empty_batches_load_no_weights(tiny_model_dir):
     assert gen.context_window == 256
     assert gen.generate([]) == []
     assert not gen.is_loaded
+
+
+def test_a_short_prompt_keeps_its_room_beside_a_long_one(scripted_generator, tiny_tokenizer):
+    from tiny_models import build_tiny_model, script_model
+
+    from tale_integrations.backends.hf import HFGenerator
+
+    model = script_model(build_tiny_model(tiny_tokenizer, max_positions=64), tiny_tokenizer.convert_tokens_to_ids(" 7"))
+    gen = HFGenerator.from_model(model, tiny_tokenizer)
+    short, long = chat("a"), chat("word " * 5)
+    n_short, n_long = len(gen.encode_chat(short)), len(gen.encode_chat(long))
+    out = gen.generate([short, long], max_tokens=60)
+    assert out[0].usage.output_tokens == min(60, 64 - n_short)
+    assert out[1].usage.output_tokens == 64 - n_long

@@ -86,3 +86,24 @@ async def test_astream_can_stop_early(scripted_generator):
 ])
 def test_safe_prefix(text, stop, shown):
     assert safe_prefix(text, stop) == shown
+
+
+async def test_cancelling_an_astream_task_stops_generation(scripted_generator):
+    import asyncio
+
+    gen = scripted_generator(" 7")
+    seen = []
+
+    async def consume():
+        async for event in gen.astream(PROMPT, max_tokens=500):
+            seen.append(event.text)
+
+    task = asyncio.create_task(consume())
+    while not seen:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert gen._generate_lock.acquire(timeout=5)
+    gen._generate_lock.release()
+    assert len(seen) < 500

@@ -254,3 +254,13 @@ def test_tale_pipeline_over_openai_generator_and_tale_serve(serve, scripted_gene
     assert result.budget.raw == 40 and result.budget.tokens == 12  # capped by max_tokens
     assert result.answer == "40" and result.usage.counter == "reported"
     assert result.estimator_usage.output_tokens == 64 and result.usage.output_tokens == 12
+
+
+def test_missing_openai_names_the_extra():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['openai'] = None\n"
+            "try:\n    import tale_integrations.backends.openai\nexcept ImportError as exc:\n    print(exc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert 'pip install "tale-integrations[openai]"' in out

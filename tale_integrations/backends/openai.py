@@ -1,0 +1,288 @@
+"""A `Generator` over the official ``openai`` SDK: OpenAI, vLLM, ``tale serve`` or any compatible server.
+
+`OpenAIGenerator` sends one chat-completions request per conversation. ``generate`` runs a batch's
+requests concurrently on a bounded thread pool over the sync client; ``agenerate`` is truly async
+(``AsyncOpenAI``, ``asyncio.gather`` under a semaphore). Timeouts and bounded retries with
+exponential backoff are the SDK's own (``timeout``, ``max_retries``); an error the SDK gives up on
+propagates to the caller, it is never retried forever (TALE_SPEC §8, defect 6).
+
+Usage is the provider's (``counter="reported"``), cached and reasoning tokens included (defect 5).
+A server that returns no usage is counted with ``core.tokens.counter_for(model)`` and the counter
+is named in the `Usage`, never a silent zero.
+
+Needs the ``openai`` extra: ``pip install "tale-integrations[openai]"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+from .._optional import require
+
+openai = require("openai", extra="openai", purpose="the OpenAI backend")
+
+from ..core.generation import Generation, Message, Usage, validate_messages  # noqa: E402
+from ..core.tokens import TokenCounter, counter_for  # noqa: E402
+
+__all__ = ["OpenAIGenerator", "uses_max_completion_tokens"]
+
+# The o-series (o1, o3-mini, o4-mini...) and the gpt-5 family refuse ``max_tokens`` and take
+# ``max_completion_tokens`` (which also bounds their hidden reasoning tokens).
+_COMPLETION_TOKENS_MODELS = re.compile(r"^(o\d|gpt-5)")
+
+# Chat framing per message and for the assistant reply's priming, in OpenAI's published counting
+# recipe; only used to count a request whose server reported no usage.
+_TOKENS_PER_MESSAGE = 3
+_REPLY_PRIMING = 3
+
+TokenParam = Literal["max_tokens", "max_completion_tokens"]
+
+
+def uses_max_completion_tokens(model: str) -> bool:
+    """Whether ``model`` takes ``max_completion_tokens`` rather than ``max_tokens``.
+
+    The rule: names starting ``o<digit>`` (o1, o3-mini, o4-mini...) or ``gpt-5``, after any
+    ``provider/`` prefix and ``ft:`` (fine-tuned) marker, case-insensitive.
+    """
+    name = model.strip().lower().rsplit("/", 1)[-1].removeprefix("ft:")
+    return bool(_COMPLETION_TOKENS_MODELS.match(name))
+
+
+def _positive_int(name: str, value: Any, *, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int{' or None' if optional else ''}, got {value!r}")
+
+
+class OpenAIGenerator:
+    """A chat-completions endpoint as a TALE `Generator`.
+
+    Args:
+        model: The model name sent with every request (``"gpt-4o-mini"``, a vLLM served name...).
+        base_url: The API's base URL, e.g. ``"http://127.0.0.1:8000/v1"``; default the SDK's
+            (``$OPENAI_BASE_URL``, else OpenAI).
+        api_key: The API key; default the SDK's (``$OPENAI_API_KEY``).
+        client: A ready ``openai.OpenAI`` client (then ``base_url``, ``api_key``, ``timeout`` and
+            ``max_retries`` are not used for it). When only ``async_client`` is given, the sync
+            client is built with its settings, and the reverse.
+        async_client: A ready ``openai.AsyncOpenAI`` client.
+        temperature: Default sampling temperature (None: the server's default).
+        max_tokens: Default output cap when a call gives none (None: the server's default).
+        seed: Sent with every request, for repeatable sampling where the server supports it.
+        n: Must be 1: a `Generator` returns one generation per prompt.
+        timeout: Seconds before a request times out (None: the SDK's default, 600 s).
+        max_retries: Retries, with exponential backoff, of connection errors, 408, 409, 429 and
+            5xx answers (the SDK's rule). Default 2.
+        max_concurrency: Requests in flight at once for one batch. Default 16.
+        max_tokens_param: Force ``"max_tokens"`` or ``"max_completion_tokens"``; default chosen by
+            `uses_max_completion_tokens` from the model name.
+        extra_body: Extra JSON fields for every request (server-specific options, such as
+            ``{"tale_budget": "auto"}`` for ``tale serve``).
+        token_counter: Counts a request whose server reported no usage; default
+            ``counter_for(model)``.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        client: Any = None,
+        async_client: Any = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        seed: int | None = None,
+        n: int = 1,
+        timeout: float | None = None,
+        max_retries: int = 2,
+        max_concurrency: int = 16,
+        max_tokens_param: TokenParam | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        token_counter: TokenCounter | None = None,
+    ) -> None:
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError(f"model must be a non-empty model name, got {model!r}")
+        if n != 1:
+            raise ValueError(
+                f"n must be 1, got {n!r}: a Generator returns exactly one generation per prompt; "
+                "repeat the prompt in the batch to sample it several times"
+            )
+        _positive_int("max_tokens", max_tokens)
+        _positive_int("max_concurrency", max_concurrency, optional=False)
+        if temperature is not None and (
+            isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2
+        ):
+            raise ValueError(f"temperature must be a number between 0 and 2 or None, got {temperature!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be a non-negative int, got {max_retries!r}")
+        if max_tokens_param not in (None, "max_tokens", "max_completion_tokens"):
+            raise ValueError(
+                f"max_tokens_param must be 'max_tokens', 'max_completion_tokens' or None, got {max_tokens_param!r}"
+            )
+        self.model_name = model
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.max_concurrency = max_concurrency
+        self.max_tokens_param: TokenParam = max_tokens_param or (
+            "max_completion_tokens" if uses_max_completion_tokens(model) else "max_tokens"
+        )
+        self.extra_body = dict(extra_body) if extra_body else None
+        self.token_counter = token_counter
+        settings: dict[str, Any] = {"max_retries": max_retries}
+        if base_url is not None:
+            settings["base_url"] = base_url
+        if api_key is not None:
+            settings["api_key"] = api_key
+        if timeout is not None:
+            settings["timeout"] = timeout
+        template = client if client is not None else async_client
+        if template is not None:
+            # One ready client gives its twin the same endpoint, key, timeout and retries.
+            settings = {"base_url": template.base_url, "api_key": template.api_key,
+                        "timeout": template.timeout, "max_retries": template.max_retries}
+        self.client = client if client is not None else openai.OpenAI(**settings)
+        self.async_client = async_client if async_client is not None else openai.AsyncOpenAI(**settings)
+
+    @classmethod
+    def paper(cls, model: str, **kwargs: Any) -> OpenAIGenerator:
+        """The paper's sampling settings (TALE_SPEC §2): temperature 0.1, seed 1024, max 1024 tokens.
+
+        ``kwargs`` are other constructor arguments and may override any of the three.
+        """
+        settings: dict[str, Any] = {"temperature": 0.1, "seed": 1024, "max_tokens": 1024}
+        settings.update(kwargs)
+        return cls(model, **settings)
+
+    # -- translation ----------------------------------------------------------------------------
+
+    def request(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int | None = None,
+        stop: Sequence[str] | None = None,
+        temperature: float | None = None,
+    ) -> dict[str, Any]:
+        """The keyword arguments of ``chat.completions.create`` for one conversation."""
+        kwargs: dict[str, Any] = {"model": self.model_name, "messages": [dict(m) for m in messages]}
+        cap = self.max_tokens if max_tokens is None else max_tokens
+        if cap is not None:
+            kwargs[self.max_tokens_param] = cap
+        temperature = self.temperature if temperature is None else temperature
+        if temperature is not None:
+            kwargs["temperature"] = temperature
+        if self.seed is not None:
+            kwargs["seed"] = self.seed
+        if stop:
+            kwargs["stop"] = list(stop)
+        if self.extra_body:
+            kwargs["extra_body"] = self.extra_body
+        return kwargs
+
+    def _counter(self) -> TokenCounter:
+        if self.token_counter is None:
+            self.token_counter = counter_for(self.model_name)
+        return self.token_counter
+
+    def _usage(self, usage: Any, messages: Sequence[Message], text: str) -> Usage:
+        prompt = getattr(usage, "prompt_tokens", None)
+        completion = getattr(usage, "completion_tokens", None)
+        if isinstance(prompt, int) and isinstance(completion, int):
+            prompt_details = getattr(usage, "prompt_tokens_details", None)
+            completion_details = getattr(usage, "completion_tokens_details", None)
+            return Usage(
+                input_tokens=prompt,
+                output_tokens=completion,
+                cached_input_tokens=getattr(prompt_details, "cached_tokens", None) or 0,
+                reasoning_tokens=getattr(completion_details, "reasoning_tokens", None) or 0,
+                counter="reported",
+            )
+        counter = self._counter()
+        framing = _TOKENS_PER_MESSAGE * len(messages) + _REPLY_PRIMING
+        return Usage(
+            input_tokens=framing + sum(counter.count(m["content"]) for m in messages),
+            output_tokens=counter.count(text),
+            counter=counter.name,
+        )
+
+    def _generation(self, response: Any, messages: Sequence[Message]) -> Generation:
+        if not getattr(response, "choices", None):
+            raise ValueError(f"the server answered {self.model_name!r} with no choices: {response!r}")
+        choice = response.choices[0]
+        text = (choice.message.content if choice.message is not None else None) or ""
+        return Generation(
+            text=text,
+            usage=self._usage(getattr(response, "usage", None), messages, text),
+            finish_reason="length" if choice.finish_reason == "length" else "stop",
+            model=getattr(response, "model", None) or self.model_name,
+        )
+
+    # -- the Generator protocol -----------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[Message]],
+        *,
+        max_tokens: int | None = None,
+        stop: Sequence[str] | None = None,
+        temperature: float | None = None,
+    ) -> list[Generation]:
+        """One request per conversation, at most ``max_concurrency`` at once; results in order.
+
+        Raises:
+            openai.OpenAIError: the first request that failed after the SDK's retries (the rest
+                of the batch is cancelled).
+        """
+        conversations = validate_messages(prompts)
+        _positive_int("max_tokens", max_tokens)
+        requests = [self.request(c, max_tokens=max_tokens, stop=stop, temperature=temperature) for c in conversations]
+        if len(requests) <= 1:
+            return [self._generation(self.client.chat.completions.create(**r), c)
+                    for r, c in zip(requests, conversations)]
+        workers = min(self.max_concurrency, len(requests))
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tale-openai")
+        try:
+            futures = [pool.submit(self.client.chat.completions.create, **r) for r in requests]
+            return [self._generation(f.result(), c) for f, c in zip(futures, conversations)]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    async def agenerate(
+        self,
+        prompts: Sequence[Sequence[Message]],
+        *,
+        max_tokens: int | None = None,
+        stop: Sequence[str] | None = None,
+        temperature: float | None = None,
+    ) -> list[Generation]:
+        """Async twin of `generate` over ``AsyncOpenAI``: concurrent requests under a semaphore."""
+        conversations = validate_messages(prompts)
+        _positive_int("max_tokens", max_tokens)
+        requests = [self.request(c, max_tokens=max_tokens, stop=stop, temperature=temperature) for c in conversations]
+        gate = asyncio.Semaphore(self.max_concurrency)
+
+        async def one(request: dict[str, Any], messages: list[dict[str, str]]) -> Generation:
+            async with gate:
+                response = await self.async_client.chat.completions.create(**request)
+            return self._generation(response, messages)
+
+        tasks = [asyncio.ensure_future(one(r, c)) for r, c in zip(requests, conversations)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    def __repr__(self) -> str:
+        return f"OpenAIGenerator({self.model_name!r}, base_url={str(self.client.base_url)!r})"

@@ -1,0 +1,219 @@
+"""The ``tale eval`` and ``tale report`` subcommands (`add_eval_parsers` plugs them into ``tale``).
+
+``tale eval --dataset gsm8k-zero --methods vanilla,tale-ep,fixed:50 --model PATH --limit 100 --out RUN``
+runs the methods on a local model (batched) or an API model (``--model openai:NAME`` or
+``--base-url URL``, concurrent), streaming results to RUN/results/ so a killed run resumes where it
+stopped, then writes and prints the report. ``tale report RUN`` rebuilds the report of a run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+__all__ = ["add_eval_parsers", "make_generator"]
+
+_DATASETS_HELP = (
+    "comma-separated: gsm8k, gsm8k-zero, mathbench-arithmetic, mathbench-middle (read from $TALE_DATA_DIR), "
+    "a JSONL path, or hub:OWNER/NAME[:CONFIG]:SPLIT (needs the 'datasets' package and a connection)"
+)
+_METHODS_HELP = (
+    "comma-separated: direct, vanilla, tale-ep, fixed:B, tale-pt, oracle (needs --search-file), be-concise, "
+    "ccot:N, cod (default: %(default)s)"
+)
+_COUNTERS = ("usage", "cl100k_base", "o200k_base")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 2:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 2, got {value}")
+    return value
+
+
+def _report_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prices", metavar="FILE",
+                        help='JSON price table, USD per 1M tokens: {"MODEL": {"input": 0.15, "output": 0.6}} '
+                             "(adds to / overrides the defaults)")
+    parser.add_argument("--search-file", metavar="FILE",
+                        help="a budget-search file (JSONL from the search): oracle budgets and the elasticity plot")
+    parser.add_argument("--counter", choices=_COUNTERS, default="usage",
+                        help="token counter for the report: 'usage' (the backend's recorded counts, default) or a "
+                             "tiktoken encoding recounting the answer texts (cl100k_base = the paper's numbers)")
+
+
+def add_eval_parsers(subparsers: Any) -> None:
+    """Add the ``eval`` and ``report`` subcommands to the ``tale`` command's subparsers."""
+    ev = subparsers.add_parser(
+        "eval", help="evaluate methods (TALE-EP, vanilla CoT, baselines...) on math datasets",
+        description="Run methods over datasets with a local or API model; results stream to RUN_DIR/results/ "
+        "(rerun the same command to resume a killed run), then the report is written and printed.",
+    )
+    ev.add_argument("--dataset", required=True, help=_DATASETS_HELP)
+    ev.add_argument("--fields", metavar="MAP",
+                    help="field mapping for a JSONL path or hub dataset: question=Q,answer=A,options=O,"
+                         "format=numeric|gsm8k|choice")
+    ev.add_argument("--methods", default="direct,vanilla,tale-ep", help=_METHODS_HELP)
+    ev.add_argument("--model", metavar="MODEL",
+                    help="a local model folder, 'embedded' (SmolLM2-135M-Instruct, the default), openai:NAME, or a "
+                         "model name served at --base-url")
+    ev.add_argument("--base-url", metavar="URL", help="an OpenAI-compatible endpoint (vLLM, tale serve...)")
+    ev.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key "
+                    "(default: the openai SDK's OPENAI_API_KEY)")
+    ev.add_argument("--estimator-model", metavar="MODEL", help="tale-ep: estimate budgets with this model instead "
+                    "of the answering model (same forms as --model)")
+    ev.add_argument("--limit", type=_positive_int, metavar="N", help="the first N valid questions of each dataset")
+    ev.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created; reused to resume)")
+    ev.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
+                    help="local models: questions per batched call (default %(default)s)")
+    ev.add_argument("--concurrency", type=_positive_int, default=8, metavar="N",
+                    help="API models: requests in flight (default %(default)s)")
+    ev.add_argument("--max-tokens", type=_positive_int, default=512, metavar="N",
+                    help="cap on answer tokens (default %(default)s; the paper used 1024)")
+    ev.add_argument("--temperature", type=_temperature, default=None,
+                    help="sampling temperature (default: the backend's; local models decode greedily; paper 0.1)")
+    ev.add_argument("--seed", type=int, metavar="N", help="sampling seed (API models that support it, and sampled "
+                    "local decoding; the paper used 1024)")
+    ev.add_argument("--device", help="local models: cpu, cuda, cuda:N (default: cuda when available)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.add_argument("--no-report", action="store_true", help="do not write and print the report at the end")
+    _report_options(ev)
+    ev.set_defaults(handler=_eval)
+
+    rp = subparsers.add_parser(
+        "report", help="write the report (Markdown table, JSON summary, plots) of an evaluation run",
+        description="Read RUN_DIR/results/ and write report.md, summary.json, accuracy_tokens.png and, with a "
+        "search file, elasticity.png into RUN_DIR; print the Markdown.",
+    )
+    rp.add_argument("run_dir", metavar="RUN_DIR")
+    rp.add_argument("--no-plots", action="store_true", help="tables only")
+    _report_options(rp)
+    rp.set_defaults(handler=_report)
+
+
+def make_generator(spec: str | None, *, base_url: str | None = None, api_key_env: str | None = None,
+                   device: str | None = None, batch_size: int = 16, seed: int | None = None,
+                   temperature: float | None = None) -> tuple[Any, bool]:
+    """Build the generator a ``--model`` value names; returns it and whether it is an API model.
+
+    ``temperature`` becomes the generator's default, so the TALE-EP estimator call samples like the
+    answer call (the API's own default would otherwise apply to it).
+    """
+    if base_url or (spec or "").startswith("openai:"):
+        name = (spec or "").removeprefix("openai:")
+        if not name:
+            raise ValueError("an API model needs a name: --model openai:NAME (or --model NAME with --base-url)")
+        api_key = None
+        if api_key_env:
+            api_key = os.environ.get(api_key_env)
+            if not api_key:
+                raise ValueError(f"--api-key-env {api_key_env}: that environment variable is not set")
+        try:
+            from ..backends.openai import OpenAIGenerator
+        except ImportError as exc:
+            raise ImportError(
+                f"API models need the openai backend: {exc}. Install it with: pip install \"tale-integrations[openai]\""
+            ) from exc
+        return OpenAIGenerator(name, base_url=base_url, api_key=api_key, seed=seed, temperature=temperature), True
+    from .._optional import require
+
+    require("transformers", extra="hf", purpose="evaluating a local model")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    from ..backends.hf import HFGenerator
+
+    model = None if spec in (None, "", "embedded") else spec
+    progress = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    return HFGenerator(model, device=device, max_batch_size=batch_size, seed=seed, progress=progress,
+                       temperature=0.0 if temperature is None else temperature), False
+
+
+def _report_settings(args: argparse.Namespace) -> dict[str, Any]:
+    from ..core.tokens import TiktokenCounter
+    from .prices import PriceTable
+
+    prices = PriceTable.load(args.prices) if args.prices else PriceTable()
+    counter = None if args.counter == "usage" else TiktokenCounter(args.counter)
+    return {"prices": prices, "counter": counter, "search_file": args.search_file}
+
+
+def _print_report(report: Any) -> None:
+    from .report import render_markdown
+
+    print(render_markdown(report))
+    for note in report.notes:
+        if note.startswith("no price for model"):
+            print(f"note: {note}", file=sys.stderr)
+    written = ", ".join(os.path.basename(p) for p in report.files.values())
+    print(f"Wrote {written} to {report.run_dir}", file=sys.stderr)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ..core.estimators import ZeroShotEstimator
+    from .datasets import load_dataset
+    from .harness import aevaluate, evaluate
+    from .methods import OracleBudgets, parse_methods
+    from .report import write_report
+
+    methods = parse_methods(args.methods)
+    settings = _report_settings(args)  # check --prices early, before any model call
+    datasets = [load_dataset(spec, fields=args.fields, limit=args.limit)
+                for spec in (s.strip() for s in args.dataset.split(",")) if spec]
+    if not datasets:
+        raise ValueError("--dataset names no dataset")
+    oracle = OracleBudgets.from_file(args.search_file) if args.search_file else None
+    generator, is_api = make_generator(args.model, base_url=args.base_url, api_key_env=args.api_key_env,
+                                       device=args.device, batch_size=args.batch_size, seed=args.seed,
+                                       temperature=args.temperature)
+    estimator = None
+    if args.estimator_model:
+        local = args.estimator_model == "embedded" or os.path.isdir(args.estimator_model)
+        estimator_generator, _ = make_generator(args.estimator_model, base_url=None if local else args.base_url,
+                                                api_key_env=args.api_key_env, device=args.device,
+                                                batch_size=args.batch_size, seed=args.seed,
+                                                temperature=args.temperature)
+        estimator = ZeroShotEstimator(estimator_generator)
+    common: dict[str, Any] = {"max_tokens": args.max_tokens, "temperature": args.temperature, "estimator": estimator,
+                              "oracle": oracle, "progress": "none" if args.no_progress else "auto"}
+    try:
+        if is_api:
+            results = asyncio.run(aevaluate(generator, datasets, methods, args.out, concurrency=args.concurrency,
+                                            **common))
+        else:
+            results = evaluate(generator, datasets, methods, args.out, batch_size=args.batch_size, **common)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished questions are saved in {args.out}; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    for r in results:
+        resumed = f" ({r.resumed} resumed)" if r.resumed else ""
+        print(f"{r.dataset} {r.method}: {r.total} questions{resumed} -> {r.path}", file=sys.stderr)
+    if not args.no_report:
+        _print_report(write_report(args.out, **settings))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    _print_report(write_report(args.run_dir, plots=not args.no_plots, **_report_settings(args)))
+    return 0

@@ -1,0 +1,292 @@
+"""The methods an evaluation compares, each runnable on any `Generator`.
+
+Names (`MethodKind`), parsed from strings such as ``"fixed:50"``:
+
+- ``direct``: the paper's direct-answer prompt (no reasoning).
+- ``vanilla``: chain-of-thought, ``Let's think step by step:``.
+- ``tale-ep``: estimate a budget per question (any `BudgetEstimator`; default the paper's zero-shot
+  estimator on the answering model), then the budgeted prompt.
+- ``fixed:B``: the budgeted prompt with the same budget B for every question.
+- ``tale-pt``: a TALE-PT checkpoint asked with the vanilla prompt and no budget (the same prompt as
+  ``vanilla``, labelled apart so both can sit in one table).
+- ``oracle``: the searched optimal budget of each question (`OracleBudgets`, from a search file).
+- ``be-concise``, ``ccot:N``, ``cod``: prompting baselines (``core.prompts.baseline_messages``).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.answers import extract_answer
+from ..core.budget import BudgetPolicy
+from ..core.estimators import BudgetEstimator
+from ..core.generation import Generation, Generator, Usage
+from ..core.pipeline import Mode, TalePipeline, TaleResult
+from ..core.prompts import QuestionFormat, baseline_messages
+from ..core.search import SearchRecord, SearchStatus, load_records
+from .datasets import Example
+
+__all__ = ["Method", "MethodKind", "MethodRunner", "OracleBudgets", "Outcome", "parse_methods"]
+
+_LETTERS = "ABCDEFGHIJ"
+
+
+class MethodKind(enum.StrEnum):
+    """The kinds of method; ``fixed`` and ``ccot`` take a number (``fixed:50``, ``ccot:100``)."""
+
+    DIRECT = "direct"
+    VANILLA = "vanilla"
+    TALE_EP = "tale-ep"
+    FIXED = "fixed"
+    TALE_PT = "tale-pt"
+    ORACLE = "oracle"
+    BE_CONCISE = "be-concise"
+    CCOT = "ccot"
+    COD = "cod"
+
+
+_PARAM = {MethodKind.FIXED: "a budget in tokens", MethodKind.CCOT: "a length in words"}
+_LABELS = {
+    MethodKind.DIRECT: "Direct", MethodKind.VANILLA: "Vanilla CoT", MethodKind.TALE_EP: "TALE-EP",
+    MethodKind.FIXED: "Fixed B={n}", MethodKind.TALE_PT: "TALE-PT", MethodKind.ORACLE: "Oracle budget",
+    MethodKind.BE_CONCISE: "Be concise", MethodKind.CCOT: "CCoT-{n}", MethodKind.COD: "Chain of Draft",
+}
+_MODES = {MethodKind.DIRECT: Mode.DIRECT, MethodKind.VANILLA: Mode.VANILLA, MethodKind.TALE_PT: Mode.VANILLA,
+          MethodKind.ORACLE: Mode.VANILLA, MethodKind.TALE_EP: Mode.TALE_EP, MethodKind.FIXED: Mode.FIXED}
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """A method and its number, if it takes one (``Method(MethodKind.FIXED, 50)`` is ``fixed:50``)."""
+
+    kind: MethodKind
+    param: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", MethodKind(self.kind))
+        if self.kind in _PARAM:
+            if isinstance(self.param, bool) or not isinstance(self.param, int) or self.param < 1:
+                raise ValueError(f"method {self.kind.value!r} needs {_PARAM[self.kind]}: write {self.kind.value}:N")
+        elif self.param is not None:
+            raise ValueError(f"method {self.kind.value!r} takes no number, got {self.kind.value}:{self.param}")
+
+    @classmethod
+    def parse(cls, text: str) -> Method:
+        """Read ``"vanilla"``, ``"fixed:50"``, ``"ccot:100"``... (case-insensitive)."""
+        if not isinstance(text, str):
+            raise TypeError(f"method must be a str, got {type(text).__name__}")
+        head, sep, tail = text.strip().lower().partition(":")
+        aliases = {"cot": "vanilla", "tale": "tale-ep", "chain-of-draft": "cod", "concise": "be-concise"}
+        head = aliases.get(head, head)
+        try:
+            kind = MethodKind(head)
+        except ValueError:
+            allowed = ", ".join(k.value + (":N" if k in _PARAM else "") for k in MethodKind)
+            raise ValueError(f"unknown method {text!r}; choose from {allowed}") from None
+        if not sep:
+            return cls(kind)
+        try:
+            number = int(tail)
+        except ValueError:
+            raise ValueError(f"bad number in method {text!r}: write {kind.value}:N with N a positive integer") from None
+        return cls(kind, number)
+
+    @property
+    def name(self) -> str:
+        """The canonical string form (``"fixed:50"``)."""
+        return self.kind.value if self.param is None else f"{self.kind.value}:{self.param}"
+
+    @property
+    def label(self) -> str:
+        """A label for tables and plots (``"Fixed B=50"``)."""
+        return _LABELS[self.kind].format(n=self.param)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_methods(text: str | Iterable[str]) -> list[Method]:
+    """Read a comma-separated list (or an iterable) of method names; duplicates are refused."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    methods = [Method.parse(p) for p in parts if str(p).strip()]
+    if not methods:
+        raise ValueError("no method given; e.g. --methods vanilla,tale-ep,fixed:50")
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ValueError(f"method listed twice in {','.join(names)}")
+    return methods
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What one method produced for one question (the answering call, and the estimator's if any)."""
+
+    text: str
+    answer: str | None
+    usage: Usage
+    finish_reason: str
+    model: str
+    messages: tuple[dict[str, str], ...]
+    budget: int | None = None
+    budget_raw: int | None = None
+    budget_source: str | None = None
+    budget_adjusted: str | None = None
+    estimator: str | None = None
+    estimator_model: str | None = None
+    estimator_reply: str | None = None
+    estimator_usage: Usage | None = None
+    oracle_status: str | None = None
+
+
+class OracleBudgets:
+    """Per-question optimal budgets from a search file (the oracle method).
+
+    A question is matched by id, else by its text. Questions whose search found no budget
+    (``no_budget``, ``vanilla_wrong``) or that the file lacks (``missing``) are asked with vanilla CoT.
+    """
+
+    def __init__(self, records: Iterable[SearchRecord], *, source: str = "") -> None:
+        self.source = source
+        self.records = list(records)
+        self._by_id = {r.id: r for r in self.records}
+        self._by_question = {r.question: r for r in self.records}
+
+    @classmethod
+    def from_file(cls, path: str) -> OracleBudgets:
+        """Read a search file written by ``core.search.search_to_file``."""
+        return cls(load_records(str(path)), source=str(path))
+
+    def lookup(self, example: Example) -> tuple[int | None, str]:
+        """The optimal budget (None when there is none) and the search status (or ``"missing"``)."""
+        record = self._by_id.get(example.id) or self._by_question.get(example.question)
+        if record is None:
+            return None, "missing"
+        return (record.optimal_budget if record.status is SearchStatus.FOUND else None), str(record.status)
+
+
+def _estimator_model(estimator: Any) -> str | None:
+    generator = getattr(estimator, "generator", None)
+    return getattr(generator, "model_name", None)
+
+
+def _with_options(example: Example) -> str:
+    # The paper's direct prompt has no options line; for multiple choice the options follow the question.
+    options = "\n".join(f"{_LETTERS[i]}. {o}" for i, o in enumerate(example.options or ()))
+    return f"{example.question}\n{options}" if options else example.question
+
+
+class MethodRunner:
+    """Runs one method on batches of examples of one dataset with one generator.
+
+    Args:
+        method: The `Method` (or its name).
+        generator: The answering model.
+        format: `QuestionFormat` of the dataset (``gsm8k`` or ``multiple_choice``).
+        max_tokens: Cap on the answer's output tokens.
+        temperature: Sampling temperature (None: the generator's default).
+        estimator: For ``tale-ep``: any `BudgetEstimator` (default zero-shot on ``generator``).
+        policy: `BudgetPolicy` for estimated budgets (default ``BudgetPolicy()``).
+        oracle: For ``oracle``: the `OracleBudgets`.
+    """
+
+    def __init__(
+        self,
+        method: Method | str,
+        generator: Generator,
+        *,
+        format: QuestionFormat | str = QuestionFormat.GSM8K,
+        max_tokens: int | None = 512,
+        temperature: float | None = None,
+        estimator: BudgetEstimator | None = None,
+        policy: BudgetPolicy | None = None,
+        oracle: OracleBudgets | None = None,
+    ) -> None:
+        self.method = method if isinstance(method, Method) else Method.parse(method)
+        self.generator = generator
+        self.format = QuestionFormat(format)
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        kind = self.method.kind
+        if kind is MethodKind.ORACLE and oracle is None:
+            raise ValueError("method 'oracle' needs the per-question budgets of a search file (--search-file FILE)")
+        self.oracle = oracle
+        self.pipeline: TalePipeline | None = None
+        if kind in _MODES:
+            self.pipeline = TalePipeline(
+                generator, mode=_MODES[kind], budget=self.method.param if kind is MethodKind.FIXED else None,
+                estimator=estimator if kind is MethodKind.TALE_EP else None, policy=policy, format=self.format,
+                max_tokens=max_tokens, temperature=temperature,
+            )
+        self.estimator_model = _estimator_model(self.pipeline.estimator) if self.pipeline is not None else None
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def _items(self, examples: Sequence[Example]) -> tuple[list[dict[str, Any]], list[str | None]]:
+        items, statuses = [], []
+        for ex in examples:
+            question = _with_options(ex) if self.method.kind is MethodKind.DIRECT else ex.question
+            item: dict[str, Any] = {"question": question, "options": list(ex.options) if ex.options else None}
+            status = None
+            if self.oracle is not None and self.method.kind is MethodKind.ORACLE:
+                budget, status = self.oracle.lookup(ex)
+                if budget is not None:
+                    item["budget"] = budget
+            items.append(item)
+            statuses.append(status)
+        return items, statuses
+
+    def _baseline_prompts(self, examples: Sequence[Example]) -> list[list[dict[str, str]]]:
+        return [
+            baseline_messages(self.method.kind.value, ex.question, format=self.format, options=ex.options,
+                              words=self.method.param)
+            for ex in examples
+        ]
+
+    # -- results ------------------------------------------------------------------------------
+
+    def _from_result(self, result: TaleResult, status: str | None) -> Outcome:
+        budget = result.budget
+        return Outcome(
+            text=result.text, answer=result.answer, usage=result.usage, finish_reason=result.finish_reason,
+            model=result.model, messages=tuple(dict(m) for m in result.messages),
+            budget=None if budget is None else budget.tokens, budget_raw=None if budget is None else budget.raw,
+            budget_source=None if budget is None else budget.source,
+            budget_adjusted=None if budget is None else budget.adjusted,
+            estimator=result.estimator, estimator_model=self.estimator_model if result.estimator else None,
+            estimator_reply=result.estimator_reply, estimator_usage=result.estimator_usage, oracle_status=status,
+        )
+
+    def _from_generation(self, example: Example, prompt: list[dict[str, str]], gen: Generation) -> Outcome:
+        return Outcome(
+            text=gen.text, answer=extract_answer(gen.text, example.kind), usage=gen.usage,
+            finish_reason=gen.finish_reason, model=gen.model, messages=tuple(prompt),
+        )
+
+    def _settings(self) -> dict[str, Any]:
+        return {"max_tokens": self.max_tokens, "temperature": self.temperature}
+
+    def run(self, examples: Sequence[Example]) -> list[Outcome]:
+        """Answer ``examples`` (one batched estimator call, if any, and one batched answer call)."""
+        if not examples:
+            return []
+        if self.pipeline is not None:
+            items, statuses = self._items(examples)
+            return [self._from_result(r, s) for r, s in zip(self.pipeline.batch(items), statuses, strict=True)]
+        prompts = self._baseline_prompts(examples)
+        gens = self.generator.generate(prompts, **self._settings())
+        return [self._from_generation(ex, p, g) for ex, p, g in zip(examples, prompts, gens, strict=True)]
+
+    async def arun(self, examples: Sequence[Example]) -> list[Outcome]:
+        """Async twin of `run`."""
+        if not examples:
+            return []
+        if self.pipeline is not None:
+            items, statuses = self._items(examples)
+            results = await self.pipeline.abatch(items)
+            return [self._from_result(r, s) for r, s in zip(results, statuses, strict=True)]
+        prompts = self._baseline_prompts(examples)
+        gens = await self.generator.agenerate(prompts, **self._settings())
+        return [self._from_generation(ex, p, g) for ex, p, g in zip(examples, prompts, gens, strict=True)]

@@ -1,0 +1,116 @@
+"""TALE on the server side: ``tale_budget`` rewrites the last user message into the budgeted prompt.
+
+``tale_budget: N`` uses N as given; ``tale_budget: "auto"`` first asks the served model itself for
+an estimate (`ZeroShotEstimator`, the paper's TALE-EP; its call joins the micro-batches) and
+clamps it with `BudgetPolicy().resolve`, capped by the request's output limit. The prompt text
+comes from ``core.prompts.question_prompt(..., format="chat")``: no prompt string lives here.
+
+The response's ``usage`` is the answer call only; the estimator's usage is reported inside the
+``tale`` object, so a client can add the two (as `TaleResult.total_usage` does).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.budget import Budget, BudgetPolicy
+from ..core.estimators import ZeroShotEstimator
+from ..core.generation import Usage
+from ..core.prompts import QuestionFormat, question_prompt
+from .batcher import BatchedGenerator, MicroBatcher
+
+__all__ = ["TalePlan", "openai_usage", "plan_budget"]
+
+
+def openai_usage(usage: Usage) -> dict[str, int]:
+    """A `Usage` in the OpenAI shape."""
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TalePlan:
+    """The budget chosen for a request and the conversation that carries it.
+
+    Attributes:
+        messages: The conversation with its last user message rewritten (unchanged when the
+            budget is None).
+        budget: The resolved `Budget`.
+        estimator: The estimator's name when one ran.
+        estimator_reply: Its reply text.
+        estimator_usage: Its token usage.
+        enforce: Whether the answer is held to the budget while decoding.
+    """
+
+    messages: list[dict[str, str]]
+    budget: Budget
+    estimator: str | None = None
+    estimator_reply: str | None = None
+    estimator_usage: Usage | None = None
+    enforce: bool = False
+
+    @property
+    def enforced_budget(self) -> int | None:
+        """The budget to pass to the backend's enforcer, or None."""
+        return self.budget.tokens if self.enforce else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``tale`` object of a response."""
+        return {
+            "budget": self.budget.tokens,
+            "raw_estimate": self.budget.raw,
+            "source": self.budget.source,
+            "adjusted": self.budget.adjusted,
+            "estimator": self.estimator,
+            "estimator_reply": self.estimator_reply,
+            "estimator_usage": None if self.estimator_usage is None else openai_usage(self.estimator_usage),
+            "enforced": self.enforce,
+        }
+
+
+async def plan_budget(
+    messages: list[dict[str, str]],
+    budget: int | str,
+    *,
+    batcher: MicroBatcher,
+    limit: int,
+    enforce: bool = False,
+    cancel: threading.Event | None = None,
+    policy: BudgetPolicy | None = None,
+) -> TalePlan:
+    """Resolve ``tale_budget`` and rewrite the last user message with it.
+
+    Args:
+        messages: The request's conversation (not modified).
+        budget: A positive int, or ``"auto"`` to estimate one with the served model.
+        batcher: Where the estimator's call is queued.
+        limit: The request's output cap; an estimated budget is never above it.
+        enforce: Hold the answer to the budget while decoding.
+        cancel: The request's cancel event (the estimate stops when the client goes away).
+        policy: Clamping rules for estimates (default `BudgetPolicy()`).
+    """
+    policy = policy or BudgetPolicy()
+    last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    question = messages[last]["content"]
+    estimator = reply = usage = None
+    if budget == "auto":
+        zero_shot = ZeroShotEstimator(BatchedGenerator(batcher, cancel=cancel))
+        [estimate] = await zero_shot.aestimate([question])
+        estimator, reply, usage = zero_shot.name, estimate.reply, estimate.usage
+        resolved = policy.resolve(estimate.raw, source=zero_shot.name, limit=limit)
+    else:
+        assert isinstance(budget, int)
+        resolved = policy.fixed(budget, source="caller")
+    rewritten = [dict(m) for m in messages]
+    if resolved.tokens is not None:
+        rewritten[last] = {"role": "user", "content": question_prompt(question, budget=resolved.tokens,
+                                                                      format=QuestionFormat.CHAT)}
+    return TalePlan(
+        messages=rewritten, budget=resolved, estimator=estimator, estimator_reply=reply,
+        estimator_usage=usage, enforce=enforce and resolved.tokens is not None,
+    )
