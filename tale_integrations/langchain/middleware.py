@@ -1,0 +1,259 @@
+"""`TaleBudgetMiddleware`: TALE-EP for agents built with ``langchain.agents.create_agent``.
+
+The budget goes into the model *request* only: ``wrap_model_call`` rewrites the last human
+message of the request (``request.override(messages=...)``), so the conversation saved in the
+agent state keeps the user's own words.
+
+Tool loops (the decision the issue left open): the budget is estimated once per human turn, on
+the turn's first model call, and recorded in the state (``tale_budgets``). Every later model call
+of the same turn (after a tool call, with tool results) reuses that budget without estimating
+again and sends the same rewritten human message, so the model sees one consistent conversation
+across the loop (and a provider's prompt cache keeps its prefix). A turn that already holds a tool
+call or tool result but has no recorded budget (the middleware was added mid-turn, or the state
+was dropped) is passed through untouched: a budget is never estimated in the middle of a loop.
+
+The hard cap (``max_tokens`` in ``model_settings``) is off by default here, unlike `TaleRunnable`:
+in an agent any model call may be a tool call, and a cap can cut its arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from langchain.agents.middleware import AgentMiddleware, AgentState, ExtendedModelResponse, ModelRequest, ModelResponse
+from langchain.agents.middleware.types import ResponseT
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.runnables.config import RunnableConfig, ensure_config
+from langgraph.types import Command
+from typing_extensions import NotRequired
+
+from ..core.budget import Budget, BudgetPolicy
+from ..core.estimators import BudgetEstimator, Estimate, EstimatorError
+from ..core.prompts import EstimationPrompt, QuestionFormat
+from ._adapters import (
+    ESTIMATE_TAG, NOSTREAM_TAG, accepts_max_tokens, as_estimator, budgeted_messages, call_configs, last_human_index,
+    model_max_tokens, to_usage_metadata,
+)
+
+__all__ = ["TaleAgentState", "TaleBudgetMiddleware"]
+
+
+class TaleAgentState(AgentState[ResponseT]):
+    """Agent state with TALE's record: one dict per model call the middleware budgeted.
+
+    Each record: ``message_id`` (the human message the budget belongs to: its id, or a hash of
+    its text when it has none), ``budget``, ``budget_raw``, ``budget_source``, ``budget_adjusted``,
+    ``estimator``, ``estimated`` (True on the call that ran the estimator, False when the turn's
+    budget was reused), ``estimator_usage`` (that call only), ``max_tokens`` (the hard cap, or
+    None) and ``usage`` (the model call's ``usage_metadata``).
+    """
+
+    tale_budgets: NotRequired[Annotated[list[dict[str, Any]], operator.add]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Turn:
+    index: int  # of the last human message in request.messages
+    key: str
+    question: str
+    cached: dict[str, Any] | None  # this turn's last record, when it has one
+
+
+class TaleBudgetMiddleware(AgentMiddleware[TaleAgentState[Any], Any]):
+    """Put a TALE budget into each human turn's model calls, without changing the saved conversation.
+
+    Args:
+        estimator: None (the paper's zero-shot estimator on the agent's model, asked without tools),
+            a chat model (zero-shot on it), a core `BudgetEstimator`, or a Runnable / function
+            returning a number.
+        budget: A fixed budget for every turn (no estimation).
+        policy: `BudgetPolicy` (floor, cap, scale α, fallback).
+        format: `QuestionFormat` of the rewritten human message; default ``"chat"``.
+        hard_cap: Also set ``max_tokens = budget + answer_reserve`` for models with a ``max_tokens``
+            setting. Off by default: a cap can cut a tool call's arguments.
+        answer_reserve: Tokens beyond the budget for the hard cap.
+        on_estimator_error: ``"raise"`` (an `EstimatorError`) or ``"fallback"`` (the policy's rule).
+        estimation_prompt: `EstimationPrompt` variant for the zero-shot estimator.
+        estimator_max_tokens: Cap on the zero-shot estimator's reply.
+
+    Example:
+        ```python
+        agent = create_agent(ChatOpenAI(model="gpt-4o-mini"), tools=[add], middleware=[TaleBudgetMiddleware()])
+        state = agent.invoke({"messages": [HumanMessage("What is 17 + 25? Use the tool.")]})
+        state["tale_budgets"]  # one record per model call
+        ```
+    """
+
+    state_schema = TaleAgentState
+
+    def __init__(
+        self,
+        estimator: Any = None,
+        *,
+        budget: int | None = None,
+        policy: BudgetPolicy | None = None,
+        format: QuestionFormat | str = QuestionFormat.CHAT,
+        hard_cap: bool = False,
+        answer_reserve: int = 64,
+        on_estimator_error: Literal["raise", "fallback"] = "raise",
+        estimation_prompt: EstimationPrompt | str = EstimationPrompt.SCRIPTS,
+        estimator_max_tokens: int = 64,
+    ) -> None:
+        super().__init__()
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise ValueError(f"budget must be a positive int or None, got {budget!r}")
+        if isinstance(answer_reserve, bool) or not isinstance(answer_reserve, int) or answer_reserve < 1:
+            raise ValueError(f"answer_reserve must be a positive int, got {answer_reserve!r}")
+        cap = estimator_max_tokens
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise ValueError(f"estimator_max_tokens must be a positive int, got {estimator_max_tokens!r}")
+        if on_estimator_error not in ("raise", "fallback"):
+            raise ValueError(f"on_estimator_error must be 'raise' or 'fallback', got {on_estimator_error!r}")
+        if policy is not None and not isinstance(policy, BudgetPolicy):
+            raise TypeError(f"policy must be a BudgetPolicy, got {type(policy).__name__}")
+        self.budget = budget
+        self.policy = policy or BudgetPolicy()
+        self.format = QuestionFormat(format)
+        self.hard_cap = hard_cap
+        self.answer_reserve = answer_reserve
+        self.on_estimator_error = on_estimator_error
+        self.estimation_prompt = EstimationPrompt(estimation_prompt)
+        self.estimator_max_tokens = estimator_max_tokens
+        self._estimator = None if estimator is None else as_estimator(
+            estimator, None, prompt=self.estimation_prompt, max_tokens=estimator_max_tokens
+        )
+
+    # -- decisions (no I/O) -----------------------------------------------------------------------
+
+    def _turn(self, request: ModelRequest) -> _Turn | None:
+        """The human turn this call belongs to, or None when the request is passed through."""
+        messages = request.messages
+        index = last_human_index(messages)
+        if index is None:
+            return None
+        human = messages[index]
+        question = str(human.text)
+        if not question.strip():
+            return None
+        key = human.id or "sha256:" + hashlib.sha256(question.encode()).hexdigest()[:16]
+        records = (request.state or {}).get("tale_budgets") or []
+        cached = next((r for r in reversed(records) if r.get("message_id") == key), None)
+        looping = any(isinstance(m, ToolMessage) or (isinstance(m, AIMessage) and m.tool_calls)
+                      for m in messages[index + 1:])
+        if cached is None and looping:
+            return None  # never estimate in the middle of a tool loop
+        return _Turn(index, key, question, cached)
+
+    def _needs_estimate(self, turn: _Turn) -> bool:
+        return turn.cached is None and self.budget is None
+
+    def _estimator_for(self, request: ModelRequest) -> BudgetEstimator:
+        return self._estimator or as_estimator(
+            None, request.model, prompt=self.estimation_prompt, max_tokens=self.estimator_max_tokens
+        )
+
+    @staticmethod
+    def _estimate_config() -> RunnableConfig:
+        config = ensure_config()  # the model node's config: the estimator call becomes its child run
+        return {**config, "tags": [*(config.get("tags") or []), ESTIMATE_TAG, NOSTREAM_TAG]}
+
+    def _failed(self, name: str, exc: Exception) -> list[Estimate]:
+        if self.on_estimator_error == "raise":
+            raise EstimatorError(
+                f"the budget estimator {name!r} failed: {exc!r}; pass on_estimator_error='fallback' to answer "
+                "with the policy's fallback instead"
+            ) from exc
+        return [Estimate(raw=None, error=f"estimator failed: {exc!r}")]
+
+    def _apply(
+        self, request: ModelRequest, turn: _Turn, estimator: str | None, estimates: list[Estimate] | None
+    ) -> tuple[ModelRequest, dict[str, Any]]:
+        """The rewritten request and this call's record."""
+        own = model_max_tokens(request.model)
+        setting = request.model_settings.get("max_tokens")
+        limits = [v for v in (own, setting) if isinstance(v, int) and not isinstance(v, bool)]
+        limit = min(limits) if limits else None
+        estimate = None
+        if turn.cached is not None:
+            record = {k: turn.cached.get(k) for k in ("budget", "budget_raw", "budget_source", "budget_adjusted",
+                                                      "estimator")}
+        else:
+            if self.budget is not None:
+                budget = self.policy.fixed(self.budget, limit=limit)
+            else:
+                if not isinstance(estimates, list) or len(estimates) != 1:
+                    raise EstimatorError(f"the budget estimator {estimator!r} returned {estimates!r} for one question")
+                estimate = estimates[0]
+                failure = "estimator failed" if (estimate.error or "").startswith("estimator failed") else None
+                budget = (self.policy.resolve(estimate.raw, source=estimator, limit=limit) if estimate.raw is not None
+                          else self.policy.resolve(None, source=estimator, limit=limit, failure=failure))
+            record = self._budget_record(budget, estimator)
+        tokens = record["budget"]
+        cap = None
+        if self.hard_cap and tokens is not None and accepts_max_tokens(request.model):
+            cap = min([tokens + self.answer_reserve, *limits])
+        record.update(
+            message_id=turn.key, estimated=estimate is not None, max_tokens=cap,
+            estimator_usage=None if estimate is None else to_usage_metadata(estimate.usage),
+        )
+        overrides: dict[str, Any] = {
+            "messages": budgeted_messages(request.messages, turn.index, turn.question, tokens, format=self.format)
+        }
+        if cap is not None:
+            overrides["model_settings"] = {**request.model_settings, "max_tokens": cap}
+        return request.override(**overrides), record
+
+    @staticmethod
+    def _budget_record(budget: Budget, estimator: str | None) -> dict[str, Any]:
+        return {"budget": budget.tokens, "budget_raw": budget.raw, "budget_source": budget.source,
+                "budget_adjusted": budget.adjusted, "estimator": estimator}
+
+    @staticmethod
+    def _record(response: ModelResponse, record: dict[str, Any]) -> ExtendedModelResponse:
+        reply = next((m for m in reversed(response.result) if isinstance(m, AIMessage)), None)
+        record["usage"] = None if reply is None else reply.usage_metadata
+        return ExtendedModelResponse(model_response=response, command=Command(update={"tale_budgets": [record]}))
+
+    # -- the hooks (sync and async) ---------------------------------------------------------------
+
+    def wrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
+    ) -> ModelResponse | ExtendedModelResponse:
+        """Budget this model call (estimating once per human turn); see the module docstring."""
+        turn = self._turn(request)
+        if turn is None:
+            return handler(request)
+        estimates, name = None, None
+        if self._needs_estimate(turn):
+            estimator = self._estimator_for(request)
+            name = estimator.name
+            try:
+                with call_configs([self._estimate_config()]):
+                    estimates = estimator.estimate([turn.question])
+            except Exception as exc:
+                estimates = self._failed(name, exc)
+        new_request, record = self._apply(request, turn, name, estimates)
+        return self._record(handler(new_request), record)
+
+    async def awrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
+    ) -> ModelResponse | ExtendedModelResponse:
+        """Async twin of `wrap_model_call`."""
+        turn = self._turn(request)
+        if turn is None:
+            return await handler(request)
+        estimates, name = None, None
+        if self._needs_estimate(turn):
+            estimator = self._estimator_for(request)
+            name = estimator.name
+            try:
+                with call_configs([self._estimate_config()]):
+                    estimates = await estimator.aestimate([turn.question])
+            except Exception as exc:
+                estimates = self._failed(name, exc)
+        new_request, record = self._apply(request, turn, name, estimates)
+        return self._record(await handler(new_request), record)

@@ -1,0 +1,612 @@
+"""`TaleRunnable`: TALE-EP as an LCEL Runnable around any LangChain chat model.
+
+One call = estimate a budget (the paper's zero-shot estimator on the same model by default), clamp
+it with the core's `BudgetPolicy`, write the budgeted chain-of-thought trigger into the last human
+message, ask the model (with a hard ``max_tokens`` cap where the model takes one) and, if the
+answer was cut off before giving a final answer, make one bounded repair call. The result is the
+model's own `AIMessage`, so ``| StrOutputParser()`` works; what TALE did is in
+``response_metadata["tale"]``.
+
+The flow is written once (`TaleRunnable._flow`, a generator of model requests) and driven by a
+sync runner, an async runner and two streaming runners. A batch makes one estimator batch call and
+one answer batch call per distinct hard cap (all inputs share one cap unless their budgets differ),
+the groups running concurrently.
+
+Child runs carry tags: ``tale:estimate`` (and ``nostream``, so LangGraph's message streaming skips
+the estimator's reply), ``tale:answer`` and ``tale:repair``; filter ``astream_events`` on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Generator as PyGenerator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from langchain_core.messages import (
+    AIMessage, AIMessageChunk, AnyMessage, BaseMessage, HumanMessage, UsageMetadata, convert_to_messages,
+)
+from langchain_core.messages.ai import add_usage
+from langchain_core.prompt_values import PromptValue
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
+from langchain_core.runnables.config import get_executor_for_config, patch_config
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from typing_extensions import NotRequired, Self, TypedDict
+
+from ..core.budget import Budget, BudgetPolicy
+from ..core.estimators import BudgetEstimator, Estimate, EstimatorError
+from ..core.prompts import CHOICE_FORMAT, NUMERIC_FORMAT, PROMPT_VERSION, EstimationPrompt, QuestionFormat
+from ._adapters import (
+    ANSWER_TAG, ESTIMATE_TAG, NOSTREAM_TAG, REPAIR_TAG, accepts_max_tokens, as_estimator, budgeted_messages,
+    call_configs, check_chat_model, finish_reason, last_human_index, model_max_tokens, to_usage_metadata,
+)
+
+__all__ = ["REPAIR_PROMPT", "TaleInput", "TaleQuestion", "TaleRunnable"]
+
+# ---- TO MOVE into core/prompts.py (ours, not the paper's); runnable.py must not own prompt text ----
+#: The user turn of the one repair call made when an answer hit its token cap before giving a final
+#: answer. For ``gsm8k`` and ``multiple_choice`` the format line follows on its own line.
+REPAIR_PROMPT = (
+    "Your answer was cut off by the token limit. Do not continue the reasoning; give only the final answer now."
+)
+
+
+def repair_prompt(format: QuestionFormat | str = QuestionFormat.CHAT) -> str:
+    """The repair turn for a question format (TO MOVE into core/prompts.py with `REPAIR_PROMPT`)."""
+    lines = {QuestionFormat.GSM8K: NUMERIC_FORMAT, QuestionFormat.MULTIPLE_CHOICE: CHOICE_FORMAT}
+    line = lines.get(QuestionFormat(format))
+    return f"{REPAIR_PROMPT}\n{line}" if line else REPAIR_PROMPT
+# ---- end of text to move ----------------------------------------------------------------------------
+
+_REPAIR_SEPARATOR = "\n\n"  # between a cut-off answer and its repaired ending, in `content`
+#: Keys of ``response_metadata["tale"]`` known only after the answer (the closing chunk of a stream).
+_OUTCOME = frozenset({"answer_usage", "repaired", "repair_usage", "repair_error", "total_usage"})
+_BRACKETED = re.compile(r"\[\[\s*[^\[\]\s][^\[\]]*\]\]")
+
+
+class TaleQuestion(TypedDict):
+    """Dict input: the question, an optional budget for this call (skips estimation), options."""
+
+    question: str
+    budget: NotRequired[int | None]
+    options: NotRequired[list[str] | None]
+
+
+#: What `TaleRunnable` accepts: a question string, a `TaleQuestion` dict, a `PromptValue` or a message list.
+TaleInput = str | TaleQuestion | PromptValue | list[AnyMessage]
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    messages: tuple[BaseMessage, ...]
+    index: int  # of the last human message, which carries the question
+    question: str
+    budget: int | None
+    options: tuple[str, ...] | None
+
+
+class _Children:
+    """One input's child configs, one per kind of model call, made when first needed."""
+
+    __slots__ = ("_config", "_run_manager")
+
+    def __init__(self, config: RunnableConfig, run_manager: Any) -> None:
+        self._config, self._run_manager = config, run_manager
+
+    def _child(self, *tags: str) -> RunnableConfig:
+        callbacks = self._run_manager.get_child(tags[0])
+        if tags[1:]:
+            callbacks.add_tags(list(tags[1:]))
+        return patch_config(self._config, callbacks=callbacks)
+
+    @property
+    def estimate(self) -> RunnableConfig:
+        return self._child(ESTIMATE_TAG, NOSTREAM_TAG)
+
+    @property
+    def answer(self) -> RunnableConfig:
+        return self._child(ANSWER_TAG)
+
+    @property
+    def repair(self) -> RunnableConfig:
+        return self._child(REPAIR_TAG)
+
+
+@dataclass(frozen=True, slots=True)
+class _Estimate:
+    questions: list[str]
+    configs: list[RunnableConfig]
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    kind: Literal["answer", "repair"]
+    messages: list[list[BaseMessage]]
+    configs: list[RunnableConfig]
+    caps: list[int | None]
+    headers: list[dict[str, Any]]
+
+
+def _total(*usages: UsageMetadata | None) -> UsageMetadata | None:
+    present = [u for u in usages if u]
+    return functools.reduce(add_usage, present) if present else None
+
+
+def _as_chunk(message: BaseMessage) -> AIMessageChunk:
+    if isinstance(message, AIMessageChunk):
+        return message
+    return AIMessageChunk(content=message.content, id=message.id, response_metadata=message.response_metadata,
+                          usage_metadata=getattr(message, "usage_metadata", None))
+
+
+def _to_message(chunk: AIMessageChunk | None) -> AIMessage:
+    if chunk is None:
+        return AIMessage(content="")
+    return AIMessage(content=chunk.content, id=chunk.id, response_metadata=chunk.response_metadata,
+                     usage_metadata=chunk.usage_metadata, additional_kwargs=chunk.additional_kwargs)
+
+
+class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
+    """TALE-EP (estimate a token budget, then ask with it) around any LangChain chat model.
+
+    Input: a question string; a dict ``{"question": ..., "budget": optional int, "options": ...}``
+    (a per-call budget skips estimation); or a `PromptValue` / message list from an upstream
+    prompt template, whose last human message is the question (system messages and history are
+    kept; only that message gets the budget instruction).
+
+    Output: the model's `AIMessage`. ``response_metadata["tale"]`` holds ``budget`` (None for plain
+    CoT after a failed estimate under ``on_parse_failure="vanilla"``), ``budget_raw``,
+    ``budget_source``, ``budget_adjusted``, ``estimator``, ``estimator_reply``, ``estimator_error``,
+    ``estimator_usage``, ``max_tokens`` (the hard cap sent, or None), ``format``,
+    ``prompt_version``, then ``answer_usage``, ``repaired``, ``repair_usage`` and ``total_usage``
+    (every call together). Usage values are LangChain `UsageMetadata` dicts, None where the model
+    reported none. The message's own ``usage_metadata`` is its answer's (answer plus repair).
+
+    Attributes:
+        model: Any chat model, possibly wrapped (``bind``, ``with_retry``, ``with_fallbacks``).
+        estimator: None (the paper's zero-shot estimator on ``model``), another chat model (zero-shot
+            on it), a core `BudgetEstimator`, or a Runnable / function returning a number. Garbage
+            from it (no number) triggers the policy's parse-failure rule, recorded in ``budget_adjusted``.
+        budget: A fixed budget for every call (no estimation); a dict input's ``budget`` wins.
+        policy: `BudgetPolicy` (floor, cap, scale α, fallback); a dict is accepted.
+        format: `QuestionFormat` of the prompt: ``"chat"`` (default: the question and the trigger),
+            ``"gsm8k"`` or ``"multiple_choice"`` (needs ``options`` in the input).
+        hard_cap: Also cap the answer at ``budget + answer_reserve`` output tokens, for models with
+            a ``max_tokens`` setting (never above a cap the user set on the model).
+        answer_reserve: Tokens beyond the budget for the hard cap, and the repair call's cap.
+        repair: After an answer cut off by a token cap with no final answer (no ``[[...]]`` for gsm8k /
+            multiple choice; any cut-off for chat), make one repair call (the conversation, the
+            cut-off answer, `REPAIR_PROMPT`) capped at ``answer_reserve``. The returned content is
+            the cut-off text, a blank line, then the repair's text; if the repair call fails, the
+            cut-off answer is returned with ``repair_error`` in the metadata.
+        on_estimator_error: ``"raise"`` (an `EstimatorError`) or ``"fallback"`` (the policy's rule).
+        estimation_prompt: `EstimationPrompt` variant for the zero-shot estimator (``estimator`` None
+            or a chat model).
+        estimator_max_tokens: Cap on the zero-shot estimator's reply (a few tokens are expected).
+
+    Per call: ``configurable_fields`` works on every field (``budget``, ``policy``, ``estimator``...);
+    ``invoke(..., **kwargs)`` passes ``kwargs`` (``temperature``, ``stop``...) to the answer calls.
+
+    Example:
+        ```python
+        chain = ChatPromptTemplate.from_messages([("system", "Be precise."), ("human", "{question}")])
+        chain = chain | TaleRunnable(ChatOpenAI(model="gpt-4o-mini")) | StrOutputParser()
+        chain.invoke({"question": "What is 17 * 23?"})
+        ```
+    """
+
+    model: Runnable
+    estimator: Any = None
+    budget: int | None = Field(default=None, ge=1)
+    policy: BudgetPolicy = Field(default_factory=BudgetPolicy)
+    format: QuestionFormat = QuestionFormat.CHAT
+    hard_cap: bool = True
+    answer_reserve: int = Field(default=64, ge=1)
+    repair: bool = True
+    on_estimator_error: Literal["raise", "fallback"] = "raise"
+    estimation_prompt: EstimationPrompt = EstimationPrompt.SCRIPTS
+    estimator_max_tokens: int = Field(default=64, ge=1)
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    _estimator: BudgetEstimator = PrivateAttr()
+
+    def __init__(self, model: Any = None, **kwargs: Any) -> None:
+        if model is not None:
+            kwargs["model"] = model
+        if "model" not in kwargs:
+            raise TypeError("TaleRunnable needs the chat model to wrap: TaleRunnable(ChatOpenAI(...))")
+        check_chat_model(kwargs["model"])
+        super().__init__(**kwargs)
+
+    @model_validator(mode="after")
+    def _build_estimator(self) -> Self:
+        self._estimator = as_estimator(self.estimator, self.model, prompt=self.estimation_prompt,
+                                       max_tokens=self.estimator_max_tokens)
+        return self
+
+    @property
+    def InputType(self) -> Any:  # noqa: N802
+        return TaleInput
+
+    @property
+    def OutputType(self) -> type[AIMessage]:  # noqa: N802
+        return AIMessage
+
+    # -- input ----------------------------------------------------------------------------------
+
+    def _item(self, value: Any) -> _Item:
+        budget, options = None, None
+        if isinstance(value, str):
+            messages: list[BaseMessage] = [HumanMessage(value)]
+        elif isinstance(value, PromptValue):
+            messages = value.to_messages()
+        elif isinstance(value, Mapping):
+            if "question" not in value:
+                raise ValueError(
+                    f"TaleRunnable got a dict without a 'question' key (keys: {sorted(map(str, value))}); pass "
+                    "{'question': ..., 'budget': optional int}, a string, or messages from a prompt template"
+                )
+            question, budget, options = value["question"], value.get("budget"), value.get("options")
+            if not isinstance(question, str):
+                raise TypeError(f"input['question'] must be a str, got {type(question).__name__}")
+            if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+                raise ValueError(f"input['budget'] must be a positive int or None, got {budget!r}")
+            if options is not None and (isinstance(options, str) or not all(isinstance(o, str) for o in options)):
+                raise TypeError("input['options'] must be a list of strings")
+            messages = [HumanMessage(question)]
+        elif isinstance(value, Sequence) and not isinstance(value, bytes):
+            if not value:
+                raise ValueError("TaleRunnable got an empty message list; give at least one human message")
+            messages = convert_to_messages(value)
+        else:
+            raise TypeError(
+                f"TaleRunnable input must be a str, a dict with 'question', a PromptValue or a list of messages, "
+                f"got {type(value).__name__}"
+            )
+        index = last_human_index(messages)
+        if index is None:
+            raise ValueError("TaleRunnable found no human message in its input; the last human message is the question")
+        question = str(messages[index].text)
+        if not question.strip():
+            raise ValueError("the question (the last human message) is empty; pass the text of the question")
+        if self.format is QuestionFormat.MULTIPLE_CHOICE and not options:
+            raise ValueError("format='multiple_choice' needs the answer options: pass {'question': ..., 'options': [...]}")
+        return _Item(tuple(messages), index, question, budget, tuple(options) if options else None)
+
+    def _items(self, inputs: Sequence[Any], fail_fast: bool) -> list[_Item | Exception]:
+        items: list[_Item | Exception] = []
+        for value in inputs:
+            try:
+                items.append(self._item(value))
+            except (TypeError, ValueError) as exc:
+                if fail_fast:
+                    raise
+                items.append(exc)
+        return items
+
+    # -- the flow, written once -------------------------------------------------------------------
+
+    def _budget(self, item: _Item, estimate: Estimate | None) -> Budget:
+        limit = model_max_tokens(self.model)  # a budget above the model's own cap could not be met
+        if item.budget is not None:
+            return self.policy.fixed(item.budget, source="caller", limit=limit)
+        if self.budget is not None:
+            return self.policy.fixed(self.budget, limit=limit)
+        assert estimate is not None
+        if estimate.raw is None:
+            failed = bool(estimate.error and estimate.error.startswith("estimator failed"))
+            return self.policy.resolve(None, source=self._estimator.name, limit=limit,
+                                       failure="estimator failed" if failed else None)
+        return self.policy.resolve(estimate.raw, source=self._estimator.name, limit=limit)
+
+    def _cap(self, tokens: int | None) -> int | None:
+        if tokens is None or not self.hard_cap or not accepts_max_tokens(self.model):
+            return None
+        own = model_max_tokens(self.model)
+        return tokens + self.answer_reserve if own is None else min(own, tokens + self.answer_reserve)
+
+    def _header(self, budget: Budget, estimate: Estimate | None, cap: int | None) -> dict[str, Any]:
+        return {
+            "budget": budget.tokens, "budget_raw": budget.raw, "budget_source": budget.source,
+            "budget_adjusted": budget.adjusted,
+            "estimator": None if estimate is None else self._estimator.name,
+            "estimator_reply": None if estimate is None else estimate.reply or None,
+            "estimator_error": None if estimate is None else estimate.error,
+            "estimator_usage": None if estimate is None else to_usage_metadata(estimate.usage),
+            "max_tokens": cap, "format": str(self.format), "prompt_version": PROMPT_VERSION,
+        }
+
+    def _needs_repair(self, reply: Any) -> bool:
+        if not self.repair or not isinstance(reply, BaseMessage) or finish_reason(reply) != "length":
+            return False
+        return self.format is QuestionFormat.CHAT or not _BRACKETED.search(str(reply.text))
+
+    def _finish(self, header: dict[str, Any], answer: AIMessage, repair: Any) -> AIMessage:
+        usage, content = answer.usage_metadata, answer.content
+        outcome: dict[str, Any] = {"answer_usage": answer.usage_metadata, "repaired": False, "repair_usage": None}
+        if isinstance(repair, AIMessage):
+            content = f"{answer.text}{_REPAIR_SEPARATOR}{repair.text}"
+            usage = _total(usage, repair.usage_metadata)
+            outcome.update(repaired=True, repair_usage=repair.usage_metadata)
+        elif isinstance(repair, BaseException):
+            outcome["repair_error"] = f"{type(repair).__name__}: {repair}"
+        outcome["total_usage"] = _total(header["estimator_usage"], outcome["answer_usage"], outcome["repair_usage"])
+        metadata = {**answer.response_metadata, "tale": {**header, **outcome}}
+        return answer.model_copy(update={"content": content, "usage_metadata": usage, "response_metadata": metadata})
+
+    def _flow(self, items: list[_Item | Exception], children: list[_Children]) -> PyGenerator[Any, Any, list[Any]]:
+        """Yields `_Estimate` / `_Call` requests, receives their replies, returns one result per item."""
+        results: list[Any] = list(items)
+        ok = [i for i, it in enumerate(items) if isinstance(it, _Item)]
+        need = [i for i in ok if items[i].budget is None and self.budget is None]
+        estimates: dict[int, Estimate] = {}
+        if need:
+            try:
+                got = yield _Estimate([items[i].question for i in need], [children[i].estimate for i in need])
+                if not isinstance(got, list) or len(got) != len(need):
+                    n = len(got) if isinstance(got, list) else type(got).__name__
+                    raise EstimatorError(f"the estimator returned {n} estimates for {len(need)} questions")
+            except Exception as exc:  # the estimator's own failure
+                if self.on_estimator_error == "raise":
+                    error = EstimatorError(
+                        f"the budget estimator {self._estimator.name!r} failed: {exc!r}; pass "
+                        "on_estimator_error='fallback' to answer with the policy's fallback instead"
+                    )
+                    error.__cause__ = exc
+                    for i in need:
+                        results[i] = error
+                    ok = [i for i in ok if i not in set(need)]
+                    got = []
+                else:
+                    got = [Estimate(raw=None, error=f"estimator failed: {exc!r}") for _ in need]
+            estimates = dict(zip(need, got))
+        headers, prompts, caps = {}, {}, {}
+        for i in ok:
+            item, est = items[i], estimates.get(i)
+            budget = self._budget(item, est)
+            caps[i] = self._cap(budget.tokens)
+            headers[i] = self._header(budget, est, caps[i])
+            prompts[i] = budgeted_messages(item.messages, item.index, item.question, budget.tokens,
+                                           format=self.format, options=item.options)
+        answers: dict[int, Any] = {}
+        if ok:
+            replies = yield _Call("answer", [prompts[i] for i in ok], [children[i].answer for i in ok],
+                                  [caps[i] for i in ok], [headers[i] for i in ok])
+            answers = dict(zip(ok, replies))
+        fix = [i for i in ok if self._needs_repair(answers[i])]
+        repairs: dict[int, Any] = {}
+        if fix:
+            cap = self.answer_reserve if accepts_max_tokens(self.model) else None
+            turn = HumanMessage(repair_prompt(self.format))
+            replies = yield _Call("repair", [[*prompts[i], answers[i], turn] for i in fix],
+                                  [children[i].repair for i in fix], [cap] * len(fix), [headers[i] for i in fix])
+            repairs = dict(zip(fix, replies))
+        for i in ok:
+            answer = answers[i]
+            if isinstance(answer, BaseException):
+                results[i] = answer
+            elif not isinstance(answer, AIMessage):
+                results[i] = TypeError(f"the model returned {type(answer).__name__}, not an AIMessage")
+            else:
+                results[i] = self._finish(headers[i], answer, repairs.get(i))
+        return results
+
+    # -- model calls ----------------------------------------------------------------------------
+
+    def _kwargs(self, cap: int | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if cap is None:
+            return kwargs
+        own = kwargs.get("max_tokens")
+        return {**kwargs, "max_tokens": min(cap, own) if isinstance(own, int) else cap}
+
+    @staticmethod
+    def _groups(call: _Call) -> list[list[int]]:
+        groups: dict[int | None, list[int]] = {}
+        for i, cap in enumerate(call.caps):
+            groups.setdefault(cap, []).append(i)
+        return list(groups.values())
+
+    def _estimate(self, request: _Estimate) -> list[Estimate]:
+        with call_configs(request.configs):
+            return self._estimator.estimate(request.questions)
+
+    async def _aestimate(self, request: _Estimate) -> list[Estimate]:
+        with call_configs(request.configs):
+            return await self._estimator.aestimate(request.questions)
+
+    def _call(self, call: _Call, kwargs: dict[str, Any]) -> list[Any]:
+        out: list[Any] = [None] * len(call.messages)
+
+        def run(group: list[int]) -> None:
+            replies = self.model.batch([call.messages[i] for i in group], [call.configs[i] for i in group],
+                                       return_exceptions=True, **self._kwargs(call.caps[group[0]], kwargs))
+            for i, reply in zip(group, replies):
+                out[i] = reply
+
+        groups = self._groups(call)
+        if len(groups) == 1:
+            run(groups[0])
+        else:
+            with get_executor_for_config(call.configs[0]) as executor:
+                list(executor.map(run, groups))
+        return out
+
+    async def _acall(self, call: _Call, kwargs: dict[str, Any]) -> list[Any]:
+        out: list[Any] = [None] * len(call.messages)
+
+        async def run(group: list[int]) -> None:
+            replies = await self.model.abatch([call.messages[i] for i in group], [call.configs[i] for i in group],
+                                              return_exceptions=True, **self._kwargs(call.caps[group[0]], kwargs))
+            for i, reply in zip(group, replies):
+                out[i] = reply
+
+        await asyncio.gather(*(run(g) for g in self._groups(call)))
+        return out
+
+    def _drive(self, flow: PyGenerator[Any, Any, list[Any]], kwargs: dict[str, Any]) -> list[Any]:
+        request = next(flow)
+        while True:
+            try:
+                if isinstance(request, _Estimate):
+                    try:
+                        reply: Any = self._estimate(request)
+                    except Exception as exc:
+                        request = flow.throw(exc)
+                        continue
+                else:
+                    reply = self._call(request, kwargs)
+                request = flow.send(reply)
+            except StopIteration as done:
+                return done.value
+
+    async def _adrive(self, flow: PyGenerator[Any, Any, list[Any]], kwargs: dict[str, Any]) -> list[Any]:
+        request = next(flow)
+        while True:
+            try:
+                if isinstance(request, _Estimate):
+                    try:
+                        reply: Any = await self._aestimate(request)
+                    except Exception as exc:
+                        request = flow.throw(exc)
+                        continue
+                else:
+                    reply = await self._acall(request, kwargs)
+                request = flow.send(reply)
+            except StopIteration as done:
+                return done.value
+
+    # -- Runnable interface -----------------------------------------------------------------------
+
+    @staticmethod
+    def _one(results: list[Any]) -> AIMessage:
+        if isinstance(results[0], BaseException):
+            raise results[0]
+        return results[0]
+
+    def _invoke(self, input: Any, run_manager: Any, config: RunnableConfig, **kwargs: Any) -> AIMessage:
+        flow = self._flow([self._item(input)], [_Children(config, run_manager)])
+        return self._one(self._drive(flow, kwargs))
+
+    async def _ainvoke(self, input: Any, run_manager: Any, config: RunnableConfig, **kwargs: Any) -> AIMessage:
+        flow = self._flow([self._item(input)], [_Children(config, run_manager)])
+        return self._one(await self._adrive(flow, kwargs))
+
+    def invoke(self, input: TaleInput, config: RunnableConfig | None = None, **kwargs: Any) -> AIMessage:
+        """Answer one input (see the class docstring)."""
+        return self._call_with_config(self._invoke, input, config, **kwargs)
+
+    async def ainvoke(self, input: TaleInput, config: RunnableConfig | None = None, **kwargs: Any) -> AIMessage:
+        """Async twin of `invoke`."""
+        return await self._acall_with_config(self._ainvoke, input, config, **kwargs)
+
+    def _batch(self, inputs: list[Any], run_manager: list[Any], config: list[RunnableConfig], *,
+               fail_fast: bool, **kwargs: Any) -> list[Any]:
+        flow = self._flow(self._items(inputs, fail_fast), [_Children(c, m) for c, m in zip(config, run_manager)])
+        return self._drive(flow, kwargs)
+
+    async def _abatch(self, inputs: list[Any], run_manager: list[Any], config: list[RunnableConfig], *,
+                      fail_fast: bool, **kwargs: Any) -> list[Any]:
+        flow = self._flow(self._items(inputs, fail_fast), [_Children(c, m) for c, m in zip(config, run_manager)])
+        return await self._adrive(flow, kwargs)
+
+    def batch(self, inputs: list[TaleInput], config: RunnableConfig | list[RunnableConfig] | None = None, *,
+              return_exceptions: bool = False, **kwargs: Any) -> list[AIMessage]:
+        """One estimator batch and one answer batch (per distinct hard cap) for all inputs."""
+        if not inputs:
+            return []
+        return self._batch_with_config(self._batch, list(inputs), config, return_exceptions=return_exceptions,
+                                       fail_fast=not return_exceptions, **kwargs)
+
+    async def abatch(self, inputs: list[TaleInput], config: RunnableConfig | list[RunnableConfig] | None = None, *,
+                     return_exceptions: bool = False, **kwargs: Any) -> list[AIMessage]:
+        """Async twin of `batch`."""
+        if not inputs:
+            return []
+        return await self._abatch_with_config(self._abatch, list(inputs), config, return_exceptions=return_exceptions,
+                                              fail_fast=not return_exceptions, **kwargs)
+
+    # -- streaming: a header chunk with the budget, the answer's chunks, a closing chunk with usage ---
+
+    def _stream(self, inputs: Iterator[Any], run_manager: Any, config: RunnableConfig,
+                **kwargs: Any) -> Iterator[AIMessageChunk]:
+        flow = self._flow([self._item(next(inputs))], [_Children(config, run_manager)])
+        request = next(flow)
+        while True:
+            try:
+                if isinstance(request, _Estimate):
+                    try:
+                        reply: Any = self._estimate(request)
+                    except Exception as exc:
+                        request = flow.throw(exc)
+                        continue
+                else:
+                    yield self._opening(request)
+                    final = None
+                    for chunk in self.model.stream(request.messages[0], request.configs[0],
+                                                   **self._kwargs(request.caps[0], kwargs)):
+                        chunk = _as_chunk(chunk)
+                        yield chunk
+                        final = chunk if final is None else final + chunk
+                    reply = [_to_message(final)]
+                request = flow.send(reply)
+            except StopIteration as done:
+                yield self._closing(self._one(done.value))
+                return
+
+    async def _astream(self, inputs: AsyncIterator[Any], run_manager: Any, config: RunnableConfig,
+                       **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
+        flow = self._flow([self._item(await anext(inputs))], [_Children(config, run_manager)])
+        request = next(flow)
+        while True:
+            try:
+                if isinstance(request, _Estimate):
+                    try:
+                        reply: Any = await self._aestimate(request)
+                    except Exception as exc:
+                        request = flow.throw(exc)
+                        continue
+                else:
+                    yield self._opening(request)
+                    final = None
+                    async for chunk in self.model.astream(request.messages[0], request.configs[0],
+                                                          **self._kwargs(request.caps[0], kwargs)):
+                        chunk = _as_chunk(chunk)
+                        yield chunk
+                        final = chunk if final is None else final + chunk
+                    reply = [_to_message(final)]
+                request = flow.send(reply)
+            except StopIteration as done:
+                yield self._closing(self._one(done.value))
+                return
+
+    @staticmethod
+    def _opening(request: _Call) -> AIMessageChunk:
+        if request.kind == "answer":  # the budget, before the first answer token
+            return AIMessageChunk(content="", response_metadata={"tale": request.headers[0]})
+        return AIMessageChunk(content=_REPAIR_SEPARATOR)
+
+    @staticmethod
+    def _closing(result: AIMessage) -> AIMessageChunk:
+        tale = result.response_metadata["tale"]  # the header went out first; send the rest
+        return AIMessageChunk(content="", response_metadata={"tale": {k: v for k, v in tale.items() if k in _OUTCOME}})
+
+    def stream(self, input: TaleInput, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[AIMessageChunk]:
+        """The budget first (a chunk with ``response_metadata["tale"]``), then the answer's chunks.
+
+        The last chunk adds the usage totals; adding all chunks gives the `invoke` result's metadata.
+        """
+        yield from self._transform_stream_with_config(iter([input]), self._stream, config, **kwargs)
+
+    async def astream(self, input: TaleInput, config: RunnableConfig | None = None,
+                      **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
+        """Async twin of `stream`."""
+
+        async def single() -> AsyncIterator[Any]:
+            yield input
+
+        async for chunk in self._atransform_stream_with_config(single(), self._astream, config, **kwargs):
+            yield chunk
