@@ -49,6 +49,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class RssSampler:
+    """Highest RSS seen while a block runs (polled every 2 ms in a thread)."""
+
+    def __enter__(self) -> RssSampler:
+        import threading
+
+        self.peak, self._stop = rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, rss_mb())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def machine_limits() -> tuple[float, float]:
     """Measured copy bandwidth (GB/s, read+write) and fp32 matmul throughput (GFLOP/s) on this machine."""
     a = torch.empty(256 * 1024 * 1024 // 4)  # 256 MB
@@ -120,8 +140,9 @@ def main() -> None:
     prompts = [answer_messages(q) for q in questions(args.questions)]
     gen.generate(prompts[:2], max_tokens=2)  # warm-up
 
-    ours = run_ours(gen, prompts, args.new_tokens)
-    peak_after_ours = peak_rss_mb()
+    load_peak, loaded = peak_rss_mb(), rss_mb()
+    with RssSampler() as sampler:
+        ours = run_ours(gen, prompts, args.new_tokens)
     results = {"HFGenerator.generate (batched)": ours,
                "plain model.generate loop": run_loop(gen, prompts, args.new_tokens)}
     chf = run_chat_huggingface(gen, prompts, args.new_tokens)
@@ -148,9 +169,12 @@ def main() -> None:
     print(f"batched decoding: {step_time * 1e3:.1f} ms/step; weights {bytes_per_step / step_time / 1e9:.1f} GB/s "
           f"= {bytes_per_step / step_time / 1e9 / bandwidth:.0%} of bandwidth; "
           f"{flops_per_step / step_time / 1e9:.1f} GFLOP/s = {flops_per_step / step_time / 1e9 / peak_flops:.0%} of matmul peak")
-    print(f"memory: fp32 weights {weights_mb:.0f} MB; process RSS before loading {before:.0f} MB, peak after batched run "
-          f"{peak_after_ours:.0f} MB; added {peak_after_ours - before:.0f} MB = "
-          f"{(peak_after_ours - before) / weights_mb:.2f}x the weights")
+    print(f"memory: fp32 weights {weights_mb:.0f} MB; RSS before loading {before:.0f} MB (python + torch), "
+          f"after loading {loaded:.0f} MB, peak while loading {load_peak:.0f} MB, peak during the batched run "
+          f"{sampler.peak:.0f} MB")
+    print(f"  model memory in use during generation: {sampler.peak - before:.0f} MB = "
+          f"{(sampler.peak - before) / weights_mb:.2f}x the fp32 weights (loading peaks at "
+          f"{(load_peak - before) / weights_mb:.2f}x while safetensors pages are mapped)")
 
 
 if __name__ == "__main__":

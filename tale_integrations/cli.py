@@ -19,6 +19,7 @@ from .core.pipeline import Mode, TalePipeline, TaleResult
 from .core.prompts import QuestionFormat
 from .eval.cli import add_eval_parsers
 from .serve.cli import add_serve_parser
+from .training.cli import add_training_parsers
 
 __all__ = ["main"]
 
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.set_defaults(handler=_ask)
     add_serve_parser(sub)
     add_eval_parsers(sub)
+    add_training_parsers(sub)
     return parser
 
 

@@ -48,6 +48,12 @@ __all__ = [
     "estimation_messages",
     "one_conversation_messages",
     "question_prompt",
+    "repair_prompt",
+    "REPAIR_PROMPT",
+    "TALE_QUERY_TEMPLATE",
+    "TOOL_CALL_LINE",
+    "TOOL_RESULT_TURN",
+    "TOOL_RESULT_TURN_UNNAMED",
     "wrap_up",
 ]
 
@@ -312,3 +318,26 @@ def baseline_messages(
     if isinstance(words, bool) or not isinstance(words, int) or words < 1:
         raise ValueError(f"ccot needs words=N (a positive int), got {words!r}")
     return [{"role": "user", "content": f"{body}{format_line}{CCOT_TRIGGER.format(words=words)}\n"}]
+
+
+# Ours: the user turn of the one bounded repair call made when an answer hit its token cap before
+# giving a final answer (LangChain `TaleRunnable`). The format line follows for gsm8k / multiple choice.
+REPAIR_PROMPT = (
+    "Your answer was cut off by the token limit. Do not continue the reasoning; give only the final answer now."
+)
+
+# Ours: the budgeted query of LlamaIndex's `TaleQueryTransform` (a PromptTemplate: ``{query_str}`` is
+# the question, ``{cot_trigger}`` the budgeted trigger). With the default it renders exactly as
+# ``question_prompt(question, budget=N, format="chat")``.
+TALE_QUERY_TEMPLATE = "{query_str}\n{cot_trigger}\n"
+
+# Ours: how local chat models without tool calling render tool turns of an agent history as text.
+TOOL_RESULT_TURN = "Tool result ({name}): {content}"
+TOOL_RESULT_TURN_UNNAMED = "Tool result: {content}"
+TOOL_CALL_LINE = "Tool call ({name}): {arguments}"
+
+
+def repair_prompt(format: QuestionFormat | str = QuestionFormat.CHAT) -> str:
+    """The repair turn for a question format: `REPAIR_PROMPT`, then the answer format line if any."""
+    line = {QuestionFormat.GSM8K: NUMERIC_FORMAT, QuestionFormat.MULTIPLE_CHOICE: CHOICE_FORMAT}.get(QuestionFormat(format))
+    return f"{REPAIR_PROMPT}\n{line}" if line else REPAIR_PROMPT

@@ -36,6 +36,8 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from typing_extensions import Self
 
+from ..core.prompts import TOOL_CALL_LINE, TOOL_RESULT_TURN
+
 if TYPE_CHECKING:
     from ..backends.hf import HFGenerator
     from ..core.generation import Generation
@@ -88,11 +90,11 @@ def to_conversation(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
         elif isinstance(message, HumanMessage):
             role, content = "user", _text(message, where)
         elif isinstance(message, AIMessage):
-            calls = [f"Tool call ({c['name']}): {json.dumps(c['args'])}" for c in message.tool_calls]
+            calls = [TOOL_CALL_LINE.format(name=c["name"], arguments=json.dumps(c["args"])) for c in message.tool_calls]
             role, content = "assistant", "\n".join([t for t in [_text(message, where)] if t] + calls)
         elif isinstance(message, (ToolMessage, FunctionMessage)):
             name = message.name or getattr(message, "tool_call_id", None) or "tool"
-            role, content = "user", f"Tool result ({name}): {_text(message, where)}"
+            role, content = "user", TOOL_RESULT_TURN.format(name=name, content=_text(message, where))
         elif isinstance(message, ChatMessage) and message.role.lower() in _ROLES:
             role, content = _ROLES[message.role.lower()], _text(message, where)
         else:

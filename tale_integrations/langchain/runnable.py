@@ -38,7 +38,7 @@ from typing_extensions import NotRequired, Self, TypedDict
 
 from ..core.budget import Budget, BudgetPolicy
 from ..core.estimators import BudgetEstimator, Estimate, EstimatorError
-from ..core.prompts import CHOICE_FORMAT, NUMERIC_FORMAT, PROMPT_VERSION, EstimationPrompt, QuestionFormat
+from ..core.prompts import PROMPT_VERSION, REPAIR_PROMPT, EstimationPrompt, QuestionFormat, repair_prompt
 from ._adapters import (
     ANSWER_TAG, ESTIMATE_TAG, NOSTREAM_TAG, REPAIR_TAG, accepts_max_tokens, as_estimator, budgeted_messages,
     call_configs, check_chat_model, finish_reason, last_human_index, model_max_tokens, to_usage_metadata,
@@ -46,20 +46,6 @@ from ._adapters import (
 
 __all__ = ["REPAIR_PROMPT", "TaleInput", "TaleQuestion", "TaleRunnable"]
 
-# ---- TO MOVE into core/prompts.py (ours, not the paper's); runnable.py must not own prompt text ----
-#: The user turn of the one repair call made when an answer hit its token cap before giving a final
-#: answer. For ``gsm8k`` and ``multiple_choice`` the format line follows on its own line.
-REPAIR_PROMPT = (
-    "Your answer was cut off by the token limit. Do not continue the reasoning; give only the final answer now."
-)
-
-
-def repair_prompt(format: QuestionFormat | str = QuestionFormat.CHAT) -> str:
-    """The repair turn for a question format (TO MOVE into core/prompts.py with `REPAIR_PROMPT`)."""
-    lines = {QuestionFormat.GSM8K: NUMERIC_FORMAT, QuestionFormat.MULTIPLE_CHOICE: CHOICE_FORMAT}
-    line = lines.get(QuestionFormat(format))
-    return f"{REPAIR_PROMPT}\n{line}" if line else REPAIR_PROMPT
-# ---- end of text to move ----------------------------------------------------------------------------
 
 _REPAIR_SEPARATOR = "\n\n"  # between a cut-off answer and its repaired ending, in `content`
 #: Keys of ``response_metadata["tale"]`` known only after the answer (the closing chunk of a stream).

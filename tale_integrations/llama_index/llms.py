@@ -42,6 +42,7 @@ from llama_index.core.llms import LLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 
 from ..core.generation import Generation, Message, StreamEvent
+from ..core.prompts import TOOL_RESULT_TURN_UNNAMED
 
 __all__ = ["TOOL_RESULT_PREFIX", "TaleHFLLM", "to_backend_messages"]
 
@@ -49,7 +50,7 @@ logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
 
 #: Prefix of the user message that carries a tool or function result.
-TOOL_RESULT_PREFIX = "Tool result: "
+TOOL_RESULT_PREFIX = TOOL_RESULT_TURN_UNNAMED.format(content="")  # text lives in core/prompts.py
 
 _ROLES = {
     MessageRole.SYSTEM: "system", MessageRole.DEVELOPER: "system", MessageRole.USER: "user",

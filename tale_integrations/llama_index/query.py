@@ -35,7 +35,7 @@ from llama_index.core.settings import Settings
 
 from ..core.budget import Budget, BudgetPolicy
 from ..core.estimators import Estimate, EstimatorError
-from ..core.prompts import cot_trigger
+from ..core.prompts import TALE_QUERY_TEMPLATE, cot_trigger
 from ._adapters import (
     LlamaIndexEstimator,
     LlamaIndexGenerator,
@@ -58,10 +58,7 @@ __all__ = ["TALE_QUERY_TMPL", "TaleQueryEngine", "TaleQueryTransform"]
 
 dispatcher = get_dispatcher(__name__)
 
-# TODO(prompts): move to core/prompts.py. The budgeted query: the question, then the CoT trigger
-# (`cot_trigger`, budgeted or vanilla) and a newline; with the default it renders exactly as
-# `question_prompt(question, budget=N, format="chat")` (a golden test pins that).
-TALE_QUERY_TMPL = "{query_str}\n{cot_trigger}\n"
+TALE_QUERY_TMPL = TALE_QUERY_TEMPLATE  # the template text lives in core/prompts.py
 
 _ON_ERROR = ("raise", "fallback")
 _ON_EMPTY = ("respond", "raise")
