@@ -21,27 +21,9 @@ from .eval.cli import add_eval_parsers
 from .serve.cli import add_serve_parser
 from .training.cli import add_training_parsers
 
+from ._argtypes import positive_int as _positive_int, temperature as _temperature
+
 __all__ = ["main"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value <= 2:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 2, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

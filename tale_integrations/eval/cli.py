@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Any
 
+from .._argtypes import positive_int as _positive_int, temperature as _temperature
+
 __all__ = ["add_eval_parsers", "make_generator"]
 
 _DATASETS_HELP = (
@@ -24,26 +26,6 @@ _METHODS_HELP = (
     "ccot:N, cod (default: %(default)s)"
 )
 _COUNTERS = ("usage", "cl100k_base", "o200k_base")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value <= 2:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 2, got {value}")
-    return value
 
 
 def _report_options(parser: argparse.ArgumentParser) -> None:

@@ -11,21 +11,13 @@ import os
 import sys
 from typing import Any
 
+from .._argtypes import positive_int as _positive, temperature as _temperature
+
 __all__ = ["API_KEY_ENV", "add_serve_parser", "run_serve"]
 
 #: Environment variable read for the API key when ``--api-key`` is not given (keeps the key out of
 #: the process list).
 API_KEY_ENV = "TALE_API_KEY"
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _port(text: str) -> int:
@@ -42,16 +34,6 @@ def _milliseconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of milliseconds, got {text!r}") from None
     if not 0 <= value <= 10_000:
         raise argparse.ArgumentTypeError(f"expected between 0 and 10000 milliseconds, got {value}")
-    return value
-
-
-def _temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value <= 2:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 2, got {value}")
     return value
 
 

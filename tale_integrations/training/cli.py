@@ -18,27 +18,9 @@ from typing import Any
 
 from .data import DATASETS
 
+from .._argtypes import positive_int as _positive_int, non_negative_int as _non_negative_int
+
 __all__ = ["add_training_parsers"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
 
 
 def _number(low: float, high: float | None = None, *, strict: bool = False):  # noqa: ANN202
