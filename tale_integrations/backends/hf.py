@@ -28,6 +28,7 @@ from ..core.budget import BudgetEnforcement  # noqa: E402
 from ..core.generation import Generation, Message, PromptTooLongError, StreamEvent, Usage, validate_messages  # noqa: E402
 from ..core.prompts import QuestionFormat  # noqa: E402
 from ..core.tokens import HFTokenizerCounter  # noqa: E402
+from ._hf_cache import CACHE_KWARG, growing_cache, prefill, supports_fast_path  # noqa: E402
 from ._hf_loading import check_source, load_checkpoint, resolve_dtype  # noqa: E402
 from ._hf_stream import RowLimits, StopOnStrings, TextAssembler, TokenQueue, is_done, stream_text  # noqa: E402
 from .budget_enforcer import BudgetEnforcer  # noqa: E402
@@ -168,6 +169,7 @@ class HFGenerator:
             raise ValueError(f"{self.model_name!r} defines no end-of-sequence token")
         self._eos_ids = eos_ids
         self._eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else min(eos_ids)
+        self._fast_path = supports_fast_path(model)
         self._tokenizer = tokenizer
         self._model = model
         self.device = str(model.device)
@@ -421,9 +423,14 @@ class HFGenerator:
         with self._generate_lock, torch.inference_mode():
             if sampling and self.seed is not None:
                 torch.manual_seed(self.seed)
+            cache = {}
+            if self._fast_path:
+                # Prompts prefilled in buckets of similar length, into a cache that grows without copying.
+                cache[CACHE_KWARG] = growing_cache(model, capacity=width + max_new)
+                prefill(model, rows, width, pad, cache[CACHE_KWARG])
             output = model.generate(
                 input_ids=input_ids, attention_mask=attention, generation_config=config,
-                stopping_criteria=criteria, logits_processor=processors, streamer=streamer,
+                stopping_criteria=criteria, logits_processor=processors, streamer=streamer, **cache,
             )
         new = output[:, width:].tolist()
         ends = [limits.cancelled_at.get(row, cap) if limits else cap for row, cap in enumerate(caps)]
