@@ -47,7 +47,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="split, sampling and training seed (default 0)")
     p.add_argument("--train-questions", type=int, default=300, help="train-side questions searched (default 300)")
     p.add_argument("--samples", type=int, default=2, help="searches per train question (default 2)")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature when --samples > 1")
+    p.add_argument("--temperature", type=float, default=0.7,
+                   help="sampling temperature when --samples or --attempts > 1")
+    p.add_argument("--attempts", type=int, default=1,
+                   help="answers sampled per halved budget in the search (default 1, the paper; see core.search)")
     p.add_argument("--eval-questions", type=int, default=160, help="held-out questions evaluated (default 160)")
     p.add_argument("--questions", type=int, help="shorthand: this many train and held-out questions (smoke runs)")
     p.add_argument("--held-out", type=float, default=0.2, help="held-out share of the hash split (default 0.2)")
@@ -168,9 +171,9 @@ def main() -> int:
     hf_logging.disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.samples > 1 and args.temperature <= 0:
-        raise SystemExit("--samples > 1 needs --temperature > 0")
-    run_dir = args.results_dir / f"seed-{args.seed}"
+    if (args.samples > 1 or args.attempts > 1) and args.temperature <= 0:
+        raise SystemExit("--samples > 1 and --attempts > 1 need --temperature > 0")
+    run_dir = args.results_dir / (f"seed-{args.seed}" + (f"-attempts-{args.attempts}" if args.attempts > 1 else ""))
     run_dir.mkdir(parents=True, exist_ok=True)
     clock = Clock()
 
@@ -186,15 +189,16 @@ def main() -> int:
           flush=True)
 
     # 1-2. vanilla CoT on the train side, then the budget search (one resumable file)
-    sampling = args.samples > 1
+    sampling = args.samples > 1 or args.attempts > 1
     searcher = HFGenerator(max_batch_size=args.batch_size, device="cpu", seed=args.seed).load()
     search_file = run_dir / "search.jsonl"
     items = sample_items(train, args.samples)
     records = clock.run("search", search_to_file, StepLines(searcher), items, str(search_file),
-                        max_tokens=args.max_tokens, temperature=args.temperature if sampling else None)
+                        max_tokens=args.max_tokens, temperature=args.temperature if sampling else None,
+                        attempts=args.attempts)
     found = [r for r in records if r.status is SearchStatus.FOUND]
     search_summary = {
-        "searches": len(records), "questions": len(train), "samples": args.samples,
+        "searches": len(records), "questions": len(train), "samples": args.samples, "attempts": args.attempts,
         "temperature": args.temperature if sampling else 0.0,
         "status": {str(s): sum(r.status is s for r in records) for s in SearchStatus},
         "vanilla_acc_train": round(100 * sum(r.trace[0].correct for r in records) / len(records), 2),

@@ -5,8 +5,10 @@ Two costs of plain ``model.generate`` on a left-padded batch are removed here:
 - the default cache concatenates every layer's keys and values at every step, copying the whole
   cache each time; `GrowingLayer` writes into a buffer grown in chunks and hands out views;
 - the prompt of every row is padded to the longest prompt of the batch, so short prompts pay for
-  the padding in the prefill; `prefill` runs rows of similar length together (buckets), each at its
-  own width, and assembles one left-padded cache for the decoding that follows.
+  the padding in the prefill, and the prefix all rows share (a chat template's system turn) is
+  computed once per row; `prefill` computes the shared prefix once, runs the rest of the rows in
+  groups of similar length (buckets), each at its own width, and assembles one cache for the
+  decoding that follows (laid out by `layout`: shared prefix, padding, each row's own tokens).
 
 Both are used only where they are known to apply (`supports_fast_path`); anything else takes the
 plain ``generate`` path.
@@ -23,7 +25,9 @@ torch = require("torch", extra="hf", purpose="the local Hugging Face backend")
 transformers = require("transformers", extra="hf", purpose="the local Hugging Face backend")
 from transformers.cache_utils import DynamicCache, DynamicLayer  # noqa: E402
 
-__all__ = ["CACHE_KWARG", "GrowingLayer", "growing_cache", "prefill", "supports_fast_path"]
+__all__ = [
+    "CACHE_KWARG", "GrowingLayer", "buckets", "growing_cache", "layout", "prefill", "shared_prefix", "supports_fast_path",
+]
 
 #: The keyword ``generate`` and ``forward`` take the cache under (renamed from ``past_key_values``).
 CACHE_KWARG = "cache" if hasattr(transformers.generation.utils, "ALL_CACHE_NAMES") else "past_key_values"
@@ -131,38 +135,84 @@ def buckets(lengths: Sequence[int], *, waste: float = 0.1, min_tokens: int | Non
     return groups
 
 
-def prefill(model: Any, rows: Sequence[Sequence[int]], width: int, pad: int, cache: Any) -> None:
-    """Fill ``cache`` with every row's prompt but its last token, as a left-padded batch of ``width - 1``.
+def shared_prefix(rows: Sequence[Sequence[int]], *, minimum: int = 8) -> int:
+    """How many leading tokens every row shares (a chat template's system turn), or 0 below ``minimum``.
 
-    Rows of similar length run together at their own width (see `buckets`); the last token of each
-    row is left for ``generate``, which computes it (and the first new token) for the whole batch.
-    Padded positions hold zeros and are masked by the attention mask.
+    Each row keeps at least its last token to itself, since ``generate`` computes that one.
+    """
+    if len(rows) < 2:
+        return 0
+    first, limit = rows[0], min(len(r) for r in rows) - 1
+    shared = 0
+    while shared < limit and all(r[shared] == first[shared] for r in rows):
+        shared += 1
+    return shared if shared >= minimum else 0
+
+
+def layout(rows: Sequence[Sequence[int]], width: int, pad: int, shared: int = 0) -> tuple[list, list]:
+    """Token ids and attention mask of a batch: the shared prefix, then padding, then each row's own tokens.
+
+    With ``shared = 0`` this is plain left padding. Positions follow the attention mask, so every
+    real token keeps the position it has in its own unpadded prompt.
+    """
+    ids = [list(r[:shared]) + [pad] * (width - len(r)) + list(r[shared:]) for r in rows]
+    mask = [[1] * shared + [0] * (width - len(r)) + [1] * (len(r) - shared) for r in rows]
+    return ids, mask
+
+
+def _start_layer(layer: Any, keys: Any, values: Any, batch: int, length: int) -> None:
+    """Give an empty `GrowingLayer` a zeroed buffer of ``length`` positions for ``batch`` rows."""
+    layer.lazy_initialization(keys, values)
+    layer.reserve(keys.new_empty((batch, keys.shape[1], length, keys.shape[-1])),
+                  values.new_empty((batch, values.shape[1], length, values.shape[-1])), length)
+    layer.keys = layer._key_buffer[..., :length, :]
+    layer.values = layer._value_buffer[..., :length, :]
+
+
+def prefill(model: Any, rows: Sequence[Sequence[int]], width: int, pad: int, cache: Any, shared: int = 0) -> None:
+    """Fill ``cache`` with every row's prompt but its last token, laid out as `layout` lays out the batch.
+
+    The ``shared`` prefix runs once for the whole batch; the rest of the rows runs in groups of
+    similar length (see `buckets`), each at its own width. The last token of each row is left for
+    ``generate``, which computes it (and the first new token) for the whole batch. Padded positions
+    are masked by the attention mask; they hold zeros or the padding token's (finite) keys.
     """
     if width < 2:
         return
-    device = model.device
-    layers = cache.layers
-    for group in buckets([len(r) for r in rows]):
-        group_width = max(len(rows[i]) for i in group)
+    device, layers, batch = model.device, cache.layers, len(rows)
+    prefix: list[tuple[Any, Any]] = []
+    if shared:
+        part = DynamicCache(config=model.config)
+        ids = torch.tensor([list(rows[0][:shared])], device=device)
+        positions = torch.arange(shared, device=device)[None]
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions, use_cache=True,
+              logits_to_keep=1, **{CACHE_KWARG: part})
+        prefix = [(done.keys, done.values) for done in part.layers]
+        for layer, (keys, values) in zip(layers, prefix):
+            _start_layer(layer, keys, values, batch, width - 1)
+            layer.keys[:, :, :shared, :] = keys
+            layer.values[:, :, :shared, :] = values
+    rests = [len(r) - shared for r in rows]
+    for group in buckets(rests):
+        group_width = max(rests[i] for i in group)
         if group_width < 2:
             continue
-        ids = torch.tensor([[pad] * (group_width - len(rows[i])) + list(rows[i]) for i in group], device=device)
-        mask = torch.tensor([[0] * (group_width - len(rows[i])) + [1] * len(rows[i]) for i in group], device=device)
-        ids, mask = ids[:, :-1], mask[:, :-1]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids = torch.tensor([[pad] * (group_width - rests[i]) + list(rows[i][shared:]) for i in group], device=device)
+        own = torch.tensor([[0] * (group_width - rests[i]) + [1] * rests[i] for i in group], device=device)
+        ids, own = ids[:, :-1], own[:, :-1]
+        positions = shared + (own.cumsum(-1) - 1).clamp(min=0)
+        mask = torch.cat([own.new_ones((len(group), shared)), own], dim=-1)
         part = DynamicCache(config=model.config)
+        for layer, (keys, values) in zip(part.layers, prefix):
+            layer.update(keys.expand(len(group), -1, -1, -1), values.expand(len(group), -1, -1, -1))
         model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
               **{CACHE_KWARG: part})
         index = torch.tensor(group, device=device)
         start = width - group_width
         for layer, done in zip(layers, part.layers):
             if not layer.is_initialized:
-                layer.lazy_initialization(done.keys, done.values)
-                shape_k = (len(rows), done.keys.shape[1], width - 1, done.keys.shape[-1])
-                shape_v = (len(rows), done.values.shape[1], width - 1, done.values.shape[-1])
-                layer.reserve(done.keys.new_empty(shape_k), done.values.new_empty(shape_v), width - 1)
-                layer.keys = layer._key_buffer[..., : width - 1, :]
-                layer.values = layer._value_buffer[..., : width - 1, :]
-            layer.keys[index, :, start:, :] = done.keys
-            layer.values[index, :, start:, :] = done.values
+                _start_layer(layer, done.keys, done.values, batch, width - 1)
+            rows_here = index.to(done.keys.device)  # layers may sit on different GPUs (device_map="auto")
+            layer.keys[rows_here, :, start:, :] = done.keys[:, :, shared:, :]
+            layer.values[rows_here, :, start:, :] = done.values[:, :, shared:, :]
         del part

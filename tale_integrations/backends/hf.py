@@ -28,7 +28,7 @@ from ..core.budget import BudgetEnforcement  # noqa: E402
 from ..core.generation import Generation, Message, PromptTooLongError, StreamEvent, Usage, validate_messages  # noqa: E402
 from ..core.prompts import QuestionFormat  # noqa: E402
 from ..core.tokens import HFTokenizerCounter  # noqa: E402
-from ._hf_cache import CACHE_KWARG, growing_cache, prefill, supports_fast_path  # noqa: E402
+from ._hf_cache import CACHE_KWARG, growing_cache, layout, prefill, shared_prefix, supports_fast_path  # noqa: E402
 from ._hf_loading import check_source, load_checkpoint, resolve_dtype  # noqa: E402
 from ._hf_stream import RowLimits, StopOnStrings, TextAssembler, TokenQueue, is_done, stream_text  # noqa: E402
 from .budget_enforcer import BudgetEnforcer  # noqa: E402
@@ -397,8 +397,10 @@ class HFGenerator:
         max_new = max(caps)
         pad = tok.pad_token_id
         device = model.device
-        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-        attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        shared = shared_prefix(rows) if self._fast_path else 0
+        ids, mask = layout(rows, width, pad, shared)
+        input_ids = torch.tensor(ids, device=device)
+        attention = torch.tensor(mask, device=device)
         sampling = temperature > 0
         config = transformers.GenerationConfig(
             max_new_tokens=max_new, do_sample=sampling, temperature=temperature if sampling else None,
@@ -425,9 +427,9 @@ class HFGenerator:
                 torch.manual_seed(self.seed)
             cache = {}
             if self._fast_path:
-                # Prompts prefilled in buckets of similar length, into a cache that grows without copying.
+                # Shared prefix once, the rest in buckets of similar length, into a cache that grows in place.
                 cache[CACHE_KWARG] = growing_cache(model, capacity=width + max_new)
-                prefill(model, rows, width, pad, cache[CACHE_KWARG])
+                prefill(model, rows, width, pad, cache[CACHE_KWARG], shared)
             output = model.generate(
                 input_ids=input_ids, attention_mask=attention, generation_config=config,
                 stopping_criteria=criteria, logits_processor=processors, streamer=streamer, **cache,

@@ -143,10 +143,11 @@ class _Search:
             return choices_match(extract_answer(text, AnswerKind.CHOICE), self.item.gold)
         return answers_match(extract_answer(text, AnswerKind.NUMERIC), self.item.gold, text=text)
 
-    def feed(self, generation: Generation) -> None:
-        text, tokens = generation.text, self.count(generation)
-        correct = self._correct(text)
+    def feed(self, generations: Sequence[Generation]) -> None:
+        """The answers to the last request: one for the vanilla step, one per attempt for a budget."""
         if self.vanilla is None:
+            text, tokens = generations[0].text, self.count(generations[0])
+            correct = self._correct(text)
             self.vanilla = (text, tokens)
             self.trace.append(TracePoint(budget=None, tokens=tokens, correct=correct, accepted=correct))
             self.done = not correct
@@ -155,12 +156,18 @@ class _Search:
         budget = self.pending
         assert budget is not None
         previous = self.best[2] if self.best else self.vanilla[1]
-        accepted = correct and (self.mode is SearchMode.ELASTICITY or tokens < previous)
-        self.trace.append(TracePoint(budget=budget, tokens=tokens, correct=correct, accepted=accepted))
-        if not accepted:
+        answers = [(g.text, self.count(g), self._correct(g.text)) for g in generations]
+        acceptable = [
+            k for k, (_, tokens, correct) in enumerate(answers)
+            if correct and (self.mode is SearchMode.ELASTICITY or tokens < previous)
+        ]
+        chosen = min(acceptable, key=lambda k: answers[k][1]) if acceptable else None  # the shortest
+        for k, (_, tokens, correct) in enumerate(answers):
+            self.trace.append(TracePoint(budget=budget, tokens=tokens, correct=correct, accepted=k == chosen))
+        if chosen is None:
             self.done = True
             return
-        self.best = (budget, text, tokens)
+        self.best = (budget, answers[chosen][0], answers[chosen][1])
         self._advance(budget)
 
     def _advance(self, budget: int) -> None:
@@ -195,20 +202,27 @@ def _counter(counter: TokenCounter | None) -> tuple[Callable[[Generation], int],
     return (lambda g: counter.count(g.text)), counter.name
 
 
-def _flow(items: Sequence[SearchItem], mode: SearchMode, counter: TokenCounter | None, on_record: Callable | None):
+def _flow(items: Sequence[SearchItem], mode: SearchMode, counter: TokenCounter | None, on_record: Callable | None,
+          attempts: int = 1):
     """Yields batches of (item, budget) requests; receives their generations; returns the records."""
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
         raise ValueError("search items must have unique ids")
+    _check_attempts(attempts)
     count, counter_name = _counter(counter)
     states = [_Search(it, SearchMode(mode), count) for it in items]
     records: dict[str, SearchRecord] = {}
     active = list(states)
     while active:
         requests = [(s, s.next_budget()) for s in active]
-        generations = yield [(s.item, budget) for s, budget in requests]
-        for (state, _), generation in zip(requests, generations, strict=True):
-            state.feed(generation)
+        sizes = [1 if budget is None else attempts for _, budget in requests]
+        generations = yield [(s.item, budget) for (s, budget), n in zip(requests, sizes) for _ in range(n)]
+        if len(generations) != sum(sizes):
+            raise ValueError(f"the generator returned {len(generations)} answers for {sum(sizes)} prompts")
+        start = 0
+        for (state, _), n in zip(requests, sizes):
+            state.feed(generations[start : start + n])
+            start += n
         still = []
         for state in active:
             if state.done:
@@ -220,6 +234,11 @@ def _flow(items: Sequence[SearchItem], mode: SearchMode, counter: TokenCounter |
                 still.append(state)
         active = still
     return [records[i] for i in ids]
+
+
+def _check_attempts(attempts: Any) -> None:
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise ValueError(f"attempts must be a positive int (answers sampled per halved budget), got {attempts!r}")
 
 
 def _prompts(batch: list[tuple[SearchItem, int | None]]) -> list[list[dict[str, str]]]:
@@ -235,6 +254,7 @@ def search(
     max_tokens: int | None = 1024,
     temperature: float | None = None,
     on_record: Callable[[SearchRecord], None] | None = None,
+    attempts: int = 1,
 ) -> list[SearchRecord]:
     """Search the optimal budget of every item; each halving step is one batched call.
 
@@ -247,11 +267,14 @@ def search(
         max_tokens: Output cap of every call (the paper's 1024).
         temperature: Sampling temperature (None: the generator's default).
         on_record: Called with each record as soon as its question finishes.
+        attempts: Answers sampled per halved budget (default 1, the paper). With more, a budget is
+            accepted if any of them is, and the shortest acceptable answer is kept: for small
+            models whose sampled answers are rarely right. Useful only with sampling.
 
     Returns:
         One `SearchRecord` per item, in order.
     """
-    flow = _flow(list(items), SearchMode(mode), counter, on_record)
+    flow = _flow(list(items), SearchMode(mode), counter, on_record, attempts)
     try:
         batch = next(flow)
         while True:
@@ -269,9 +292,10 @@ async def asearch(
     max_tokens: int | None = 1024,
     temperature: float | None = None,
     on_record: Callable[[SearchRecord], None] | None = None,
+    attempts: int = 1,
 ) -> list[SearchRecord]:
     """Async twin of `search` (each step is one ``agenerate`` call: one concurrent wave for API models)."""
-    flow = _flow(list(items), SearchMode(mode), counter, on_record)
+    flow = _flow(list(items), SearchMode(mode), counter, on_record, attempts)
     try:
         batch = next(flow)
         while True:
@@ -282,9 +306,9 @@ async def asearch(
 
 
 def run_header(generator: Generator, *, mode: SearchMode | str, counter: TokenCounter | None,
-               max_tokens: int | None, temperature: float | None) -> dict[str, Any]:
+               max_tokens: int | None, temperature: float | None, attempts: int = 1) -> dict[str, Any]:
     """What identifies a search run; a resumed run must match it."""
-    return {
+    header = {
         "kind": "tale-search",
         "model": getattr(generator, "model_name", type(generator).__name__),
         "mode": str(SearchMode(mode)),
@@ -293,6 +317,9 @@ def run_header(generator: Generator, *, mode: SearchMode | str, counter: TokenCo
         "temperature": temperature,
         "prompt_version": PROMPT_VERSION,
     }
+    if attempts != 1:  # files written before the option existed stay resumable
+        header["attempts"] = attempts
+    return header
 
 
 def search_to_file(
@@ -304,21 +331,31 @@ def search_to_file(
     counter: TokenCounter | None = None,
     max_tokens: int | None = 1024,
     temperature: float | None = None,
+    wave: int | None = 256,
+    attempts: int = 1,
 ) -> list[SearchRecord]:
     """`search`, streaming each finished record to a JSONL file and resuming a killed run.
 
     Items whose record is already in the file are not searched again; the file's header must match
     this run (model, mode, counter, settings), otherwise `RunMismatchError` is raised and nothing
-    is written. Returns the records of all items, read back or new, in item order.
+    is written. Questions are searched ``wave`` at a time (None: all at once): each wave's records
+    are on disk before the next wave starts, so a kill loses at most one wave's unfinished work.
+    Returns the records of all items, read back or new, in item order. ``attempts``: see `search`.
     """
     from .records import RecordFile
 
+    if wave is not None and (isinstance(wave, bool) or not isinstance(wave, int) or wave < 1):
+        raise ValueError(f"wave must be a positive int (questions searched together) or None, got {wave!r}")
     items = list(items)
-    header = run_header(generator, mode=mode, counter=counter, max_tokens=max_tokens, temperature=temperature)
+    _check_attempts(attempts)
+    header = run_header(generator, mode=mode, counter=counter, max_tokens=max_tokens, temperature=temperature,
+                        attempts=attempts)
     store = RecordFile(path, header)
     todo = [it for it in items if it.id not in store]
-    search(generator, todo, mode=mode, counter=counter, max_tokens=max_tokens, temperature=temperature,
-           on_record=lambda r: store.append(r.to_dict()))
+    size = wave or max(len(todo), 1)
+    for start in range(0, len(todo), size):
+        search(generator, todo[start : start + size], mode=mode, counter=counter, max_tokens=max_tokens,
+               temperature=temperature, on_record=lambda r: store.append(r.to_dict()), attempts=attempts)
     return [SearchRecord.from_dict(store.records[it.id]) for it in items]
 
 

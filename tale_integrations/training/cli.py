@@ -78,6 +78,12 @@ def add_training_parsers(subparsers: Any) -> None:
                         "--temperature > 0")
     search.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
                         help="local model: prompts per forward pass; server: requests in flight (default 16)")
+    search.add_argument("--attempts", type=_positive_int, default=1, metavar="K",
+                        help="answers sampled per halved budget; accept if any is acceptable, keep the shortest "
+                        "(default 1, the paper; needs --temperature > 0)")
+    search.add_argument("--wave", type=_positive_int, default=256, metavar="N",
+                        help="questions searched together; a kill loses at most one wave's unfinished work "
+                        "(default 256)")
     search.add_argument("--device", help="local model: cpu, cuda, cuda:N (default: cuda when available)")
     search.add_argument("--quiet", action="store_true", help="no per-step progress lines")
     search.set_defaults(handler=_search)
@@ -164,9 +170,9 @@ def _generator(args: argparse.Namespace) -> Any:
         from ..backends.openai import OpenAIGenerator
 
         api_key = args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-        # one seed for every request would make the --samples copies of a question identical
+        # one seed for every request would make the --samples copies (and --attempts answers) identical
         return OpenAIGenerator(args.model, base_url=args.base_url, api_key=api_key, max_concurrency=args.batch_size,
-                               seed=args.seed if args.samples == 1 else None)
+                               seed=args.seed if args.samples == 1 and args.attempts == 1 else None)
     from .._optional import require
 
     require("transformers", extra="hf", purpose="`tale search` with a local model")
@@ -198,6 +204,8 @@ def _search(args: argparse.Namespace) -> int:
 
     if args.samples > 1 and not args.temperature:
         raise ValueError(f"--samples {args.samples} needs --temperature > 0 (greedy answers would all be equal)")
+    if args.attempts > 1 and not args.temperature:
+        raise ValueError(f"--attempts {args.attempts} needs --temperature > 0 (greedy answers would all be equal)")
     questions = load_questions(args.dataset, data_dir=args.data_dir)
     selected = select_split(questions, args.split, seed=args.seed, held_out=args.held_out)
     if args.limit:
@@ -214,7 +222,8 @@ def _search(args: argparse.Namespace) -> int:
     print(f"searching {len(items)} questions ({args.split} split of {args.dataset}) with {generator.model_name} "
           f"into {args.out}", file=sys.stderr, flush=True)
     records = search_to_file(generator if args.quiet else _StepReporter(generator), items, args.out,
-                             mode=args.mode, counter=counter, max_tokens=args.max_tokens, temperature=args.temperature)
+                             mode=args.mode, counter=counter, max_tokens=args.max_tokens, temperature=args.temperature,
+                             wave=args.wave, attempts=args.attempts)
     counts = {str(s): sum(r.status is s for r in records) for s in SearchStatus}
     found = [r for r in records if r.status is SearchStatus.FOUND]
     line = f"{len(records)} searched: " + ", ".join(f"{n} {s}" for s, n in counts.items())

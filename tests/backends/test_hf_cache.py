@@ -11,14 +11,20 @@ from tale_integrations.backends._hf_cache import (  # noqa: E402
     GrowingLayer,
     buckets,
     growing_cache,
+    layout,
     prefill,
+    shared_prefix,
     supports_fast_path,
 )
 from tale_integrations.backends.hf import HFGenerator  # noqa: E402
 
 
-def chat(text: str) -> list[dict[str, str]]:
-    return [{"role": "user", "content": text}]
+SYSTEM = "Answer the question step by step and give the answer in the format [[answer]]."
+
+
+def chat(text: str, system: str | None = None) -> list[dict[str, str]]:
+    turns = [{"role": "system", "content": system}] if system else []
+    return turns + [{"role": "user", "content": text}]
 
 
 def kv(batch: int, length: int, fill: float) -> torch.Tensor:
@@ -96,17 +102,32 @@ def small_buckets(monkeypatch):
     monkeypatch.setattr(_hf_cache, "MIN_BUCKET_TOKENS", 20)
 
 
-def test_prefill_matches_one_left_padded_forward(tiny_model, tiny_tokenizer, small_buckets):
+def test_shared_prefix_and_layout():
+    rows = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [1, 2, 3, 4, 5, 6, 7, 8, 9, 12], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 14]]
+    assert shared_prefix(rows) == 9
+    assert shared_prefix(rows, minimum=10) == 0
+    assert shared_prefix(rows[:1]) == 0  # nothing to share in a batch of one
+    assert shared_prefix([[1, 2, 3], [1, 2, 3, 4]], minimum=1) == 2  # each row keeps its last token
+    ids, mask = layout([[1, 2, 3], [1, 2, 4, 5, 6]], 5, 0, shared=2)
+    assert ids == [[1, 2, 0, 0, 3], [1, 2, 4, 5, 6]]
+    assert mask == [[1, 1, 0, 0, 1], [1, 1, 1, 1, 1]]
+    assert layout([[1, 2, 3], [4, 5]], 3, 0) == ([[1, 2, 3], [0, 4, 5]], [[1, 1, 1], [0, 1, 1]])
+
+
+@pytest.mark.parametrize("system", [None, SYSTEM], ids=["left-padded", "shared-prefix"])
+def test_prefill_matches_one_forward_over_the_laid_out_batch(tiny_model, tiny_tokenizer, small_buckets, system):
     gen = HFGenerator.from_model(tiny_model, tiny_tokenizer)
-    rows = [gen.encode_chat(chat("x " * n)) for n in (1, 2, 3, 4, 30, 31, 32, 33)]
+    rows = [gen.encode_chat(chat("x " * n, system)) for n in (1, 2, 3, 4, 30, 31, 32, 33)]
     width, pad = max(map(len, rows)), tiny_tokenizer.pad_token_id
+    shared = shared_prefix(rows)
+    assert (shared > 0) == (system is not None)
     assert supports_fast_path(tiny_model)
-    assert len(buckets([len(r) for r in rows])) > 1
+    assert len(buckets([len(r) - shared for r in rows])) > 1
     cache = growing_cache(tiny_model, capacity=width + 4)
+    ids, mask = layout(rows, width, pad, shared)
+    ids, mask = torch.tensor(ids)[:, :-1], torch.tensor(mask)[:, :-1]
     with torch.inference_mode():
-        prefill(tiny_model, rows, width, pad, cache)
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])[:, :-1]
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])[:, :-1]
+        prefill(tiny_model, rows, width, pad, cache, shared)
         reference = tiny_model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                                use_cache=True)
     ref_cache = reference.past_key_values if hasattr(reference, "past_key_values") else reference.cache
@@ -115,22 +136,42 @@ def test_prefill_matches_one_left_padded_forward(tiny_model, tiny_tokenizer, sma
         real = mask.bool()[:, None, :, None].expand_as(theirs.keys)
         torch.testing.assert_close(ours.keys[real], theirs.keys[real])
         torch.testing.assert_close(ours.values[real], theirs.values[real])
-        assert torch.all(ours.keys[~real] == 0) and torch.all(ours.values[~real] == 0)
+        # Padded positions are masked; they must only be finite (0 * NaN would poison the attention).
+        assert torch.isfinite(ours.keys).all() and torch.isfinite(ours.values).all()
 
 
-def test_fast_path_generates_the_same_tokens_as_plain_generate(tiny_model, tiny_tokenizer, small_buckets):
+@pytest.mark.parametrize("system", [None, SYSTEM], ids=["left-padded", "shared-prefix"])
+def test_fast_path_generates_the_same_tokens_as_plain_generate(tiny_model, tiny_tokenizer, small_buckets, system):
     gen = HFGenerator.from_model(tiny_model, tiny_tokenizer, max_batch_size=16)
-    prompts = [chat("x " * n + "?") for n in (1, 2, 3, 4, 5, 40, 41, 42, 43, 44, 80)]
+    prompts = [chat("x " * n + "?", system) for n in (1, 2, 3, 4, 5, 40, 41, 42, 43, 44, 80)]
+    caps = [12, 3, 12, 12, 7, 12, 12, 12, 1, 12, 12]
+    rows = [gen.encode_chat(p) for p in prompts]
     assert gen._fast_path
-    assert len(buckets([len(gen.encode_chat(p)) for p in prompts])) > 1
-    fast = gen.generate(prompts, max_tokens=[12, 3, 12, 12, 7, 12, 12, 12, 1, 12, 12], stop=["STOP"])
+    assert (shared_prefix(rows) > 0) == (system is not None)
+    assert len(buckets([len(r) - shared_prefix(rows) for r in rows])) > 1
+    fast = gen.generate(prompts, max_tokens=caps, stop=["STOP"])
     gen._fast_path = False
-    plain = gen.generate(prompts, max_tokens=[12, 3, 12, 12, 7, 12, 12, 12, 1, 12, 12], stop=["STOP"])
+    plain = gen.generate(prompts, max_tokens=caps, stop=["STOP"])
     assert [(g.text, g.usage, g.finish_reason) for g in fast] == [(g.text, g.usage, g.finish_reason) for g in plain]
+    # And each equals the row generated alone (no padding, no sharing).
+    alone = [gen.generate([p], max_tokens=c, stop=["STOP"])[0] for p, c in zip(prompts, caps)]
+    assert [g.text for g in fast] == [g.text for g in alone]
 
 
 def test_fast_path_with_sampling_is_repeatable(tiny_model, tiny_tokenizer, small_buckets):
     gen = HFGenerator.from_model(tiny_model, tiny_tokenizer, temperature=1.0, seed=3)
-    prompts = [chat("x " * n) for n in (1, 20, 40, 60)]
+    prompts = [chat("x " * n, SYSTEM) for n in (1, 20, 40, 60)]
     first = [g.text for g in gen.generate(prompts, max_tokens=10)]
     assert first == [g.text for g in gen.generate(prompts, max_tokens=10)]
+
+
+@pytest.mark.gpu
+def test_fast_path_on_cuda(tiny_model_dir, small_buckets):
+    gen = HFGenerator(tiny_model_dir, device="cuda", dtype="float32").load()
+    prompts = [chat("x " * n, SYSTEM) for n in (1, 2, 3, 4, 40, 41, 42, 43)]
+    assert gen._fast_path
+    fast = gen.generate(prompts, max_tokens=6)
+    gen._fast_path = False
+    plain = gen.generate(prompts, max_tokens=6)
+    assert [g.usage.input_tokens for g in fast] == [len(gen.encode_chat(p)) for p in prompts]
+    assert [g.text for g in fast] == [g.text for g in plain]

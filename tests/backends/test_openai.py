@@ -36,10 +36,13 @@ def completion(content: str = "5", *, finish: str = "stop", usage: Any = USAGE, 
 class Mock:
     """A fake API: records every request body and answers with ``respond(body) -> (status, json)``."""
 
-    def __init__(self, respond=None, *, delay: float = 0.0) -> None:
+    def __init__(self, respond=None, *, delay: float = 0.0, overlap: int = 0) -> None:
         self.bodies: list[dict[str, Any]] = []
         self.respond = respond or (lambda body: (200, completion(model=body["model"])))
         self.delay = delay
+        # Hold each request (up to 5 s) until this many have been in flight at once, so that a
+        # concurrency test does not depend on how fast a loaded machine starts the next request.
+        self.overlap = overlap
         self.in_flight = self.peak = 0
         self.lock = threading.Lock()
 
@@ -54,6 +57,9 @@ class Mock:
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)
         try:
+            deadline = time.monotonic() + 5
+            while self.peak < self.overlap and time.monotonic() < deadline:
+                time.sleep(0.005)
             time.sleep(self.delay)
             return self._answer(request)
         finally:
@@ -64,6 +70,9 @@ class Mock:
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         try:
+            deadline = time.monotonic() + 5
+            while self.peak < self.overlap and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
             await asyncio.sleep(self.delay)
             return self._answer(request)
         finally:
@@ -161,7 +170,7 @@ def test_clients_get_timeout_retries_and_the_environment(monkeypatch):
 
 
 def test_batches_run_concurrently_but_bounded_and_in_order():
-    mock = Mock(lambda body: (200, completion(body["messages"][-1]["content"])), delay=0.05)
+    mock = Mock(lambda body: (200, completion(body["messages"][-1]["content"])), delay=0.05, overlap=2)
     gen = mock.generator(max_concurrency=3)
     out = gen.generate([[{"role": "user", "content": str(i)}] for i in range(9)])
     assert [g.text for g in out] == [str(i) for i in range(9)]
@@ -169,7 +178,7 @@ def test_batches_run_concurrently_but_bounded_and_in_order():
 
 
 async def test_agenerate_is_concurrent_under_the_semaphore():
-    mock = Mock(lambda body: (200, completion(body["messages"][-1]["content"])), delay=0.05)
+    mock = Mock(lambda body: (200, completion(body["messages"][-1]["content"])), delay=0.05, overlap=2)
     gen = mock.generator(max_concurrency=4)
     out = await gen.agenerate([[{"role": "user", "content": str(i)}] for i in range(10)], max_tokens=3)
     assert [g.text for g in out] == [str(i) for i in range(10)]

@@ -157,6 +157,29 @@ def test_duplicate_ids_and_bad_items_are_refused():
         SearchItem(id="x", question="q", gold="1", format="chat")
 
 
+def test_attempts_accept_a_budget_if_any_answer_is_acceptable_and_keep_the_shortest():
+    answers = {50: iter([(40, False), (45, True), (30, True)]), 25: iter([(20, False)] * 3)}
+    gen = Scripted({"a": lambda b: (100, True) if b is None else next(answers[b]), "b": lambda b: (60, False)})
+    [a, b] = search(gen, [item("a"), item("b")], attempts=3)
+    assert gen.calls[0] == [("a", None), ("b", None)]  # the vanilla answer is asked once
+    assert gen.calls[1] == [("a", 50)] * 3 and gen.calls[2] == [("a", 25)] * 3
+    assert (a.status, a.optimal_budget, a.optimal_tokens) == ("found", 50, 30)
+    assert [(p.budget, p.tokens, p.accepted) for p in a.trace] == [
+        (None, 100, True), (50, 40, False), (50, 45, False), (50, 30, True), (25, 20, False), (25, 20, False),
+        (25, 20, False),
+    ]
+    assert b.status == "vanilla_wrong" and len(b.trace) == 1
+    with pytest.raises(ValueError, match="attempts must be a positive int"):
+        search(gen, [item("a")], attempts=0)
+
+
+def test_attempts_are_part_of_the_run(tmp_path):
+    path = tmp_path / "search.jsonl"
+    search_to_file(Scripted({"a": shrinking(100, 12)}), [item("a")], path, attempts=2)
+    with pytest.raises(RunMismatchError):
+        search_to_file(Scripted({"a": shrinking(100, 12)}), [item("a")], path)
+
+
 class Killed(Exception):
     pass
 
@@ -191,6 +214,33 @@ def test_resume_after_a_kill_loses_and_repeats_nothing(tmp_path):
     assert sorted(ids) == ["a", "b", "c", "d"] and len(ids) == 4
     loaded = {r.id: r for r in load_records(path)}
     assert loaded["a"].optimal_budget == 12 and loaded["b"].status is SearchStatus.NO_BUDGET
+
+
+def test_waves_bound_what_a_kill_can_lose(tmp_path):
+    script = {q: shrinking(100, 12) for q in "abcde"}
+    items = [item(q) for q in "abcde"]
+    path = tmp_path / "search.jsonl"
+    gen = Scripted(script)
+    original = gen.generate
+
+    def dies_in_the_second_wave(prompts, **kw):
+        if len(gen.calls) == 6:  # a and b take 5 calls (vanilla, 50, 25, 12, 6); c and d have had one
+            raise Killed
+        return original(prompts, **kw)
+
+    gen.generate = dies_in_the_second_wave
+    with pytest.raises(Killed):
+        search_to_file(gen, items, path, wave=2)
+    assert gen.calls[0] == [("a", None), ("b", None)]  # the first wave alone
+    finished = [json.loads(line)["id"] for line in path.read_text().splitlines()[1:]]
+    assert finished == ["a", "b"]  # the first wave's records were all on disk before the second began
+
+    again = Scripted(script)
+    records = search_to_file(again, items, path, wave=2)
+    assert [q for q, _ in again.calls[0]] == ["c", "d"] and [q for q, _ in again.calls[-1]] == ["e"]
+    assert [r.optimal_budget for r in records] == [12] * 5
+    with pytest.raises(ValueError, match="wave must be a positive int"):
+        search_to_file(Scripted(script), items, path, wave=0)
 
 
 def test_a_file_from_a_different_run_is_refused(tmp_path):

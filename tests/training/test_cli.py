@@ -110,8 +110,21 @@ def test_search_samples_each_question_several_times(tmp_path, dataset, scripted)
     assert scripted.calls[0][1]["temperature"] == 0.7
 
 
+def test_search_attempts_and_waves_reach_the_search(tmp_path, dataset, scripted):
+    out = tmp_path / "s.jsonl"
+    argv = ["search", "--dataset", str(dataset), "--out", str(out), "--limit", "3", "--attempts", "2", "--wave", "1",
+            "--temperature", "0.5", "--quiet"]
+    assert tale(argv) == 0
+    header = json.loads(out.read_text().splitlines()[0])["header"]
+    assert header["attempts"] == 2
+    assert len(load_records(str(out))) == 3
+    assert scripted.calls[0][0] == 1  # one question per wave: the first call is one vanilla answer
+    assert max(n for n, _ in scripted.calls) == 2  # a halved budget is asked twice
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--samples", "2"], "--samples 2 needs --temperature"),
+    (["--attempts", "3"], "--attempts 3 needs --temperature"),
     (["--split", "held-out", "--held-out", "0"], "selects no question"),
     (["--base-url", "http://127.0.0.1:9/v1"], "--base-url needs --model"),
 ])
