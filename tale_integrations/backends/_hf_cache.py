@@ -38,8 +38,9 @@ MIN_BUCKET_TOKENS = 256
 class GrowingLayer(DynamicLayer):
     """A `DynamicLayer` that appends into a preallocated buffer instead of concatenating every step.
 
-    ``keys``/``values`` are views of the first ``n`` positions of the buffer; the buffer grows by
-    ``chunk`` positions (never beyond ``capacity``, the most the generation can need) when full.
+    ``keys``/``values`` are views of the first ``n`` positions of the buffer. When full, the buffer
+    grows by ``chunk`` positions, but not past ``capacity`` (the most the generation can need)
+    unless more than that is written.
     Any operation that replaces ``keys`` by a tensor of its own (batch selection, reordering) is
     noticed, and the next update starts a new buffer from it.
     """
