@@ -198,9 +198,8 @@ def prefill(model: Any, rows: Sequence[Sequence[int]], width: int, pad: int, cac
         group_width = max(rests[i] for i in group)
         if group_width < 2:
             continue
-        ids = torch.tensor([[pad] * (group_width - rests[i]) + list(rows[i][shared:]) for i in group], device=device)
-        own = torch.tensor([[0] * (group_width - rests[i]) + [1] * rests[i] for i in group], device=device)
-        ids, own = ids[:, :-1], own[:, :-1]
+        ids, own = layout([rows[i][shared:] for i in group], group_width, pad)
+        ids, own = torch.tensor(ids, device=device)[:, :-1], torch.tensor(own, device=device)[:, :-1]
         positions = shared + (own.cumsum(-1) - 1).clamp(min=0)
         mask = torch.cat([own.new_ones((len(group), shared)), own], dim=-1)
         part = DynamicCache(config=model.config)
