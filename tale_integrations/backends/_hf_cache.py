@@ -16,6 +16,8 @@ plain ``generate`` path.
 
 from __future__ import annotations
 
+import math
+import mmap
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,29 +28,52 @@ transformers = require("transformers", extra="hf", purpose="the local Hugging Fa
 from transformers.cache_utils import DynamicCache, DynamicLayer  # noqa: E402
 
 __all__ = [
-    "CACHE_KWARG", "GrowingLayer", "buckets", "growing_cache", "layout", "prefill", "shared_prefix", "supports_fast_path",
+    "CACHE_KWARG", "GrowingLayer", "buckets", "growing_cache", "layout", "lazy_zeros", "prefill", "shared_prefix",
+    "supports_fast_path",
 ]
 
 #: The keyword ``generate`` and ``forward`` take the cache under (renamed from ``past_key_values``).
 CACHE_KWARG = "cache" if hasattr(transformers.generation.utils, "ALL_CACHE_NAMES") else "past_key_values"
 #: Fewest real prompt tokens a prefill bucket is given before a new one may start (see `buckets`).
 MIN_BUCKET_TOKENS = 256
+#: Most padded prompt tokens one prefill forward pass takes (bounds its activations; see `buckets`).
+MAX_PREFILL_TOKENS = 512
+
+
+def lazy_zeros(like: Any, shape: tuple[int, ...]) -> Any:
+    """CPU zeros shaped ``shape`` (dtype of ``like``) in fresh pages of their own, which take memory once touched.
+
+    An anonymous mapping outside the allocator: the positions a generation never reaches cost
+    nothing, and the whole buffer goes back to the system when it is freed.
+    """
+    count = math.prod(shape)
+    if like.device.type != "cpu" or count == 0:
+        return like.new_zeros(shape)
+    pages = mmap.mmap(-1, count * like.element_size())
+    return torch.frombuffer(pages, dtype=like.dtype, count=count).view(shape)
+
+
+def _new_zeros(like: Any, shape: tuple[int, ...]) -> Any:
+    return like.new_zeros(shape)
 
 
 class GrowingLayer(DynamicLayer):
     """A `DynamicLayer` that appends into a preallocated buffer instead of concatenating every step.
 
-    ``keys``/``values`` are views of the first ``n`` positions of the buffer. When full, the buffer
-    grows by ``chunk`` positions, but not past ``capacity`` (the most the generation can need)
-    unless more than that is written.
+    ``keys``/``values`` are views of the first ``n`` positions of the buffer. On CPU (``lazy``, the
+    default there) the buffer is sized to ``capacity`` (the most the generation can need) at once, in
+    pages that take memory only when written (`lazy_zeros`). Elsewhere it is allocated as needed: when
+    full, it grows by ``chunk`` positions, but not past ``capacity``. Either way it grows further if
+    more than ``capacity`` is written.
     Any operation that replaces ``keys`` by a tensor of its own (batch selection, reordering) is
     noticed, and the next update starts a new buffer from it.
     """
 
-    def __init__(self, capacity: int = 0, chunk: int = 128, **kwargs: Any) -> None:
+    def __init__(self, capacity: int = 0, chunk: int = 128, lazy: bool | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.capacity = capacity
         self.chunk = chunk
+        self.lazy = lazy
         self._key_buffer: Any = None
         self._value_buffer: Any = None
 
@@ -66,9 +91,13 @@ class GrowingLayer(DynamicLayer):
         kept = self.keys.shape[-2] if self.keys is not None and self.keys.dim() == 4 else 0
         if self._owns_view() and length <= self._key_buffer.shape[-2]:
             return
-        size = max(length, min(max(self.capacity, length), length + self.chunk))
-        keys = key_like.new_zeros((*key_like.shape[:2], size, key_like.shape[-1]))
-        values = value_like.new_zeros((*value_like.shape[:2], size, value_like.shape[-1]))
+        lazy = key_like.device.type == "cpu" if self.lazy is None else self.lazy
+        if lazy:  # memory is taken as positions are written: room for all of them at once
+            size, zeros = max(length, self.capacity), lazy_zeros
+        else:
+            size, zeros = max(length, min(max(self.capacity, length), length + self.chunk)), _new_zeros
+        keys = zeros(key_like, (*key_like.shape[:2], size, key_like.shape[-1]))
+        values = zeros(value_like, (*value_like.shape[:2], size, value_like.shape[-1]))
         if kept:
             keys[..., :kept, :] = self.keys
             values[..., :kept, :] = self.values
@@ -108,28 +137,34 @@ def growing_cache(model: Any, capacity: int) -> Any:
     return cache
 
 
-def buckets(lengths: Sequence[int], *, waste: float = 0.1, min_tokens: int | None = None) -> list[list[int]]:
+def buckets(
+    lengths: Sequence[int], *, waste: float = 0.1, min_tokens: int | None = None, max_tokens: int | None = None
+) -> list[list[int]]:
     """Group row indices by prompt length so each group's padding stays small.
 
     Rows are sorted by length; a group is closed when adding the next row would make its padded
     tokens exceed its real tokens by more than ``waste``, once it holds at least ``min_tokens`` real
-    tokens (smaller forward passes run the model at poor efficiency). A last group below
-    ``min_tokens`` joins the one before it.
+    tokens (smaller forward passes run the model at poor efficiency), or when its padded tokens
+    would exceed ``max_tokens`` (which bounds the activations a forward pass holds; a single row may
+    exceed it). A last group below ``min_tokens`` joins the one before it if that stays within
+    ``max_tokens``.
     """
     min_tokens = MIN_BUCKET_TOKENS if min_tokens is None else min_tokens
+    max_tokens = MAX_PREFILL_TOKENS if max_tokens is None else max_tokens
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     groups: list[list[int]] = []
     current: list[int] = []
     real = 0
     for i in order:
         # Sorted: the newcomer is the longest, so it sets the group's width.
-        if current and real >= min_tokens and lengths[i] * (len(current) + 1) > (real + lengths[i]) * (1 + waste):
+        padded = lengths[i] * (len(current) + 1)
+        if current and (padded > max_tokens or (real >= min_tokens and padded > (real + lengths[i]) * (1 + waste))):
             groups.append(current)
             current, real = [], 0
         current.append(i)
         real += lengths[i]
     if current:
-        if groups and real < min_tokens:
+        if groups and real < min_tokens and (len(groups[-1]) + len(current)) * lengths[current[-1]] <= max_tokens:
             groups[-1].extend(current)
         else:
             groups.append(current)
@@ -161,38 +196,62 @@ def layout(rows: Sequence[Sequence[int]], width: int, pad: int, shared: int = 0)
     return ids, mask
 
 
-def _start_layer(layer: Any, keys: Any, values: Any, batch: int, length: int) -> None:
-    """Give an empty `GrowingLayer` a zeroed buffer of ``length`` positions for ``batch`` rows."""
-    layer.lazy_initialization(keys, values)
-    layer.reserve(keys.new_empty((batch, keys.shape[1], length, keys.shape[-1])),
-                  values.new_empty((batch, values.shape[1], length, values.shape[-1])), length)
-    layer.keys = layer._key_buffer[..., :length, :]
-    layer.values = layer._value_buffer[..., :length, :]
+class _RowsLayer(DynamicLayer):
+    """Some rows of a `GrowingLayer`, seen by one prefill forward pass.
+
+    The pass's keys and values are written straight into the layer's buffer at positions ``start``
+    on (a pass over one row with ``rows=None`` writes into every row: the shared prefix); attention
+    gets a copy of those rows' positions ``0..end``, one layer at a time. The first write gives the
+    layer its buffer: ``batch`` rows, ``length`` positions, zeros.
+    """
+
+    def __init__(self, target: GrowingLayer, rows: list[int] | None, start: int, batch: int, length: int) -> None:
+        super().__init__()
+        self.target, self.rows, self.start, self.batch, self.length = target, rows, start, batch, length
+        self.is_initialized = True
+
+    def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        target, end = self.target, self.start + key_states.shape[-2]
+        if not target.is_initialized:
+            target.lazy_initialization(key_states, value_states)
+            shape = (self.batch, key_states.shape[1], self.length, key_states.shape[-1])
+            target.reserve(key_states.new_empty(shape), value_states.new_empty(shape), self.length)
+            target.keys = target._key_buffer[..., :self.length, :]
+            target.values = target._value_buffer[..., :self.length, :]
+        # Each layer's own device: layers may sit on different GPUs (device_map="auto").
+        rows = slice(None) if self.rows is None else torch.tensor(self.rows, device=key_states.device)
+        target._key_buffer[rows, :, self.start:end, :] = key_states
+        target._value_buffer[rows, :, self.start:end, :] = value_states
+        seen = slice(0, 1) if self.rows is None else rows
+        return target._key_buffer[seen, :, :end, :], target._value_buffer[seen, :, :end, :]
+
+    def get_seq_length(self, *args: Any, **kwargs: Any) -> int:
+        return self.start
+
+
+def _forward_into(model: Any, cache: Any, rows: list[int] | None, start: int, batch: int, length: int,
+                  **inputs: Any) -> None:
+    view = DynamicCache(config=model.config)
+    view.layers = [_RowsLayer(layer, rows, start, batch, length) for layer in cache.layers]
+    model(**inputs, use_cache=True, logits_to_keep=1, **{CACHE_KWARG: view})
 
 
 def prefill(model: Any, rows: Sequence[Sequence[int]], width: int, pad: int, cache: Any, shared: int = 0) -> None:
     """Fill ``cache`` with every row's prompt but its last token, laid out as `layout` lays out the batch.
 
     The ``shared`` prefix runs once for the whole batch; the rest of the rows runs in groups of
-    similar length (see `buckets`), each at its own width. The last token of each row is left for
-    ``generate``, which computes it (and the first new token) for the whole batch. Padded positions
-    are masked by the attention mask; they hold zeros or the padding token's (finite) keys.
+    similar length (see `buckets`), each at its own width. Every pass writes its keys and values
+    straight into the cache, so the prefill holds no copy of them. The last token of each row is
+    left for ``generate``, which computes it (and the first new token) for the whole batch. Padded
+    positions are masked by the attention mask; they hold zeros or the padding token's (finite) keys.
     """
     if width < 2:
         return
-    device, layers, batch = model.device, cache.layers, len(rows)
-    prefix: list[tuple[Any, Any]] = []
+    device, batch, length = model.device, len(rows), width - 1
     if shared:
-        part = DynamicCache(config=model.config)
         ids = torch.tensor([list(rows[0][:shared])], device=device)
-        positions = torch.arange(shared, device=device)[None]
-        model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions, use_cache=True,
-              logits_to_keep=1, **{CACHE_KWARG: part})
-        prefix = [(done.keys, done.values) for done in part.layers]
-        for layer, (keys, values) in zip(layers, prefix):
-            _start_layer(layer, keys, values, batch, width - 1)
-            layer.keys[:, :, :shared, :] = keys
-            layer.values[:, :, :shared, :] = values
+        _forward_into(model, cache, None, 0, batch, length, input_ids=ids, attention_mask=torch.ones_like(ids),
+                      position_ids=torch.arange(shared, device=device)[None])
     rests = [len(r) - shared for r in rows]
     for group in buckets(rests):
         group_width = max(rests[i] for i in group)
@@ -200,19 +259,7 @@ def prefill(model: Any, rows: Sequence[Sequence[int]], width: int, pad: int, cac
             continue
         ids, own = layout([rows[i][shared:] for i in group], group_width, pad)
         ids, own = torch.tensor(ids, device=device)[:, :-1], torch.tensor(own, device=device)[:, :-1]
-        positions = shared + (own.cumsum(-1) - 1).clamp(min=0)
-        mask = torch.cat([own.new_ones((len(group), shared)), own], dim=-1)
-        part = DynamicCache(config=model.config)
-        for layer, (keys, values) in zip(part.layers, prefix):
-            layer.update(keys.expand(len(group), -1, -1, -1), values.expand(len(group), -1, -1, -1))
-        model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
-              **{CACHE_KWARG: part})
-        index = torch.tensor(group, device=device)
-        start = width - group_width
-        for layer, done in zip(layers, part.layers):
-            if not layer.is_initialized:
-                _start_layer(layer, done.keys, done.values, batch, width - 1)
-            rows_here = index.to(done.keys.device)  # layers may sit on different GPUs (device_map="auto")
-            layer.keys[rows_here, :, start:, :] = done.keys[:, :, shared:, :]
-            layer.values[rows_here, :, start:, :] = done.values[:, :, shared:, :]
-        del part
+        start = width - group_width  # the group's columns; before them the shared prefix, then padding
+        mask = torch.cat([own.new_ones((len(group), shared)), own.new_zeros((len(group), start - shared)), own], dim=-1)
+        _forward_into(model, cache, group, start, batch, length, input_ids=ids, attention_mask=mask,
+                      position_ids=shared + (own.cumsum(-1) - 1).clamp(min=0))

@@ -28,6 +28,7 @@ from ..core.budget import BudgetEnforcement  # noqa: E402
 from ..core.generation import Generation, Message, PromptTooLongError, StreamEvent, Usage, validate_messages  # noqa: E402
 from ..core.prompts import QuestionFormat  # noqa: E402
 from ..core.tokens import HFTokenizerCounter  # noqa: E402
+from ._hf_cpu import can_pack, pack_linears, release_free_memory  # noqa: E402
 from ._hf_cache import CACHE_KWARG, growing_cache, layout, prefill, shared_prefix, supports_fast_path  # noqa: E402
 from ._hf_loading import check_source, load_checkpoint, resolve_dtype  # noqa: E402
 from ._hf_stream import RowLimits, StopOnStrings, TextAssembler, TokenQueue, is_done, stream_text  # noqa: E402
@@ -58,6 +59,9 @@ class HFGenerator:
             `BudgetEnforcement`, or one of your own. Off by default (the paper only prompts).
         model_name: Name reported in each `Generation`; default the folder's name.
         trust_remote_code: Allow code from the model folder to run. Off by default.
+        pack_weights: On CPU, keep the linear layers' weights in oneDNN's packed layout (about 1.3x
+            faster decoding in the same memory; inference only, see ``_hf_cpu``). Default: on for float32
+            models this object loads on CPU, off for `from_model` (whose model stays as given).
         progress: Called with one-line status messages (the embedded model's first-run conversion).
     """
 
@@ -79,6 +83,7 @@ class HFGenerator:
         enforce_budget: bool | BudgetEnforcement = False,
         model_name: str | None = None,
         trust_remote_code: bool = False,
+        pack_weights: bool | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         for name, value in (("max_new_tokens", max_new_tokens), ("max_batch_size", max_batch_size)):
@@ -89,6 +94,8 @@ class HFGenerator:
             resolve_dtype(dtype, device)  # validates dtype early
         elif dtype is not None:
             resolve_dtype(dtype, "cpu")
+        if pack_weights is not None and not isinstance(pack_weights, bool):
+            raise TypeError(f"pack_weights must be True, False or None (automatic), got {pack_weights!r}")
         if isinstance(enforce_budget, BudgetEnforcement):
             self.enforcement: BudgetEnforcement | None = enforce_budget
         elif isinstance(enforce_budget, bool):
@@ -104,6 +111,7 @@ class HFGenerator:
         self.temperature = temperature
         self.seed = seed
         self.trust_remote_code = trust_remote_code
+        self.pack_weights = pack_weights
         self.progress = progress
         if model_name is not None:
             self.model_name = model_name
@@ -126,7 +134,7 @@ class HFGenerator:
         """
         name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         gen = cls(model_name=name, **kwargs)
-        gen._install(model, tokenizer)
+        gen._install(model, tokenizer, pack=bool(gen.pack_weights))
         return gen
 
     # -- loading ------------------------------------------------------------------------------
@@ -148,10 +156,10 @@ class HFGenerator:
                     base, self._source.adapter, device=device, dtype=resolve_dtype(self.dtype, device),
                     merge=self.merge, trust_remote_code=self.trust_remote_code,
                 )
-                self._install(model, tokenizer)
+                self._install(model, tokenizer, pack=self.pack_weights is not False)
         return self
 
-    def _install(self, model: Any, tokenizer: Any) -> None:
+    def _install(self, model: Any, tokenizer: Any, *, pack: bool) -> None:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError(
                 f"the tokenizer of {self.model_name!r} has no chat template; set tokenizer.chat_template "
@@ -161,6 +169,14 @@ class HFGenerator:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
         model.eval()
+        if pack:
+            if can_pack(model):
+                pack_linears(model)
+            elif self.pack_weights:
+                raise ValueError(
+                    "pack_weights=True needs a float32 model on CPU without an unmerged adapter, and a PyTorch "
+                    "build with oneDNN; pass pack_weights=None to pack only where it applies"
+                )
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if tokenizer.eos_token_id is not None:
@@ -430,6 +446,8 @@ class HFGenerator:
                 # Shared prefix once, the rest in buckets of similar length, into a cache that grows in place.
                 cache[CACHE_KWARG] = growing_cache(model, capacity=width + max_new)
                 prefill(model, rows, width, pad, cache[CACHE_KWARG], shared)
+                if device.type == "cpu":
+                    release_free_memory()
             output = model.generate(
                 input_ids=input_ids, attention_mask=attention, generation_config=config,
                 stopping_criteria=criteria, logits_processor=processors, streamer=streamer, **cache,

@@ -12,6 +12,7 @@ from tale_integrations.backends._hf_cache import (  # noqa: E402
     buckets,
     growing_cache,
     layout,
+    lazy_zeros,
     prefill,
     shared_prefix,
     supports_fast_path,
@@ -32,7 +33,7 @@ def kv(batch: int, length: int, fill: float) -> torch.Tensor:
 
 
 def test_growing_layer_appends_like_concatenation_across_buffer_growth():
-    layer = GrowingLayer(capacity=100, chunk=3)
+    layer = GrowingLayer(capacity=100, chunk=3, lazy=False)
     expected_k = torch.empty(2, 2, 0, 4)
     for step, length in enumerate([5, 1, 1, 1, 1, 2, 1]):
         k, v = kv(2, length, float(step)), kv(2, length, -float(step))
@@ -45,14 +46,30 @@ def test_growing_layer_appends_like_concatenation_across_buffer_growth():
     assert 12 <= layer._key_buffer.shape[-2] <= 15
 
 
-def test_growing_layer_never_allocates_beyond_capacity():
-    layer = GrowingLayer(capacity=6, chunk=128)
+@pytest.mark.parametrize("lazy", [False, True])
+def test_growing_layer_never_allocates_beyond_capacity(lazy):
+    layer = GrowingLayer(capacity=6, chunk=128, lazy=lazy)
     layer.update(kv(1, 4, 1.0), kv(1, 4, 1.0))
     assert layer._key_buffer.shape[-2] == 6
     layer.update(kv(1, 2, 2.0), kv(1, 2, 2.0))
     assert layer._key_buffer.shape[-2] == 6
     keys, _ = layer.update(kv(1, 1, 3.0), kv(1, 1, 3.0))  # past the planned capacity: still correct
     assert keys.shape[-2] == 7 and keys[0, 0, -1, 0] == 3.0
+
+
+def test_lazy_growing_layer_takes_its_capacity_at_once_in_zeroed_pages_of_its_own():
+    layer = GrowingLayer(capacity=40, chunk=3)  # lazy: the default on CPU
+    expected = torch.empty(2, 2, 0, 4)
+    for step in range(6):
+        keys, _ = layer.update(kv(2, 1 + step, float(step)), kv(2, 1 + step, 0.0))
+        expected = torch.cat([expected, kv(2, 1 + step, float(step))], dim=-2)
+        assert torch.equal(keys, expected)
+        assert layer._key_buffer.shape[-2] == 40  # sized once, never regrown
+    assert torch.all(layer._key_buffer[..., expected.shape[-2]:, :] == 0)
+    buffer = lazy_zeros(torch.empty(0, dtype=torch.bfloat16), (3, 5))
+    assert buffer.dtype == torch.bfloat16 and torch.all(buffer == 0)
+    buffer[1, 2] = 7
+    assert buffer.sum() == 7
 
 
 def test_growing_layer_after_crop_and_batch_selection():
