@@ -2,13 +2,17 @@
 
 Three ways to answer the same GSM8K questions (greedy, the same new-token cap):
 
-1. `HFGenerator.generate`: one left-padded batch, one forward pass per step for all questions;
+1. `HFGenerator.generate`: one left-padded batch, one forward pass per step for all questions
+   (also run with ``pack_weights=False``, to show what the packed weights add);
 2. LangChain's `ChatHuggingFace.batch` over a `HuggingFacePipeline` (langchain-huggingface), the
    usual way LangChain users run a local model;
 3. a plain `model.generate` loop, one question at a time.
 
 Prints tokens/s, ratios, peak memory of the batched path, and what fraction of this machine's
-measured memory bandwidth and matmul throughput the batched decoding reaches.
+measured memory bandwidth and matmul throughput the batched decoding reaches. The baselines run the
+model as their users load it (plain transformers); ours runs as `HFGenerator` loads it (on CPU, with
+oneDNN-packed weights). Peak memory is the kernel's own peak-RSS count (reset before the run; Linux),
+from a baseline taken after the libraries that loading imports are imported.
 
     pip install langchain-huggingface   # for the comparison only
     python benchmarks/hf_throughput.py [--questions 16] [--new-tokens 64]
@@ -20,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import time
 from pathlib import Path
 
@@ -37,36 +40,76 @@ def questions(n: int) -> list[str]:
         return [json.loads(line)["question"] for _, line in zip(range(n), f)]
 
 
-def rss_mb() -> float:
+def status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM, RssAnon, RssFile), in MB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def rss_mb() -> float:
+    return status_mb("VmRSS")
 
 
-class RssSampler:
-    """Highest RSS seen while a block runs (polled every 2 ms in a thread)."""
+def reset_peak() -> bool:
+    """Restart the kernel's peak-RSS count (VmHWM) here: no polling thread competes with the run."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
-    def __enter__(self) -> RssSampler:
-        import threading
 
-        self.peak, self._stop = rss_mb(), threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
+def release_heap() -> None:
+    import ctypes
+    import gc
 
-    def _poll(self) -> None:
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, rss_mb())
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+
+def import_loading_code() -> None:
+    """Import what loading imports (the model's code, the tokenizer libraries) and free what it made.
+
+    The RSS measured after this is the baseline: library code is not model memory.
+    """
+    import transformers
+
+    from tale_integrations.backends.embedded import embedded_model_path
+
+    path = embedded_model_path()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.from_pretrained(path))
+    del tokenizer, model
+    release_heap()
+
+
+def mapped_file_mb(suffix: str) -> float:
+    """RSS of this process's mappings of files ending in ``suffix`` (the checkpoint), in MB."""
+    total, current = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                current = len(head) >= 6 and head[-1].endswith(suffix)
+            elif current and head[0] == "Rss:":
+                total += int(head[1])
+    return total / 1024
+
+
+def kv_cache_mb(model, rows: int, positions: int) -> float:
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_position = config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * 4
+    return rows * positions * per_position / 2**20
 
 
 def machine_limits() -> tuple[float, float]:
@@ -134,47 +177,71 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     args = parser.parse_args()
 
-    before = rss_mb()
-    gen = HFGenerator(max_batch_size=args.questions).load()
-    weights_mb = sum(p.numel() * p.element_size() for p in gen.model.parameters()) / 2**20
+    gen = HFGenerator(max_batch_size=args.questions)
+    torch_only = rss_mb()
+    import_loading_code()
+    before, before_file = rss_mb(), status_mb("RssFile")
+    gen.load()
+    load_peak = status_mb("VmHWM")
     prompts = [answer_messages(q) for q in questions(args.questions)]
-    gen.generate(prompts[:2], max_tokens=2)  # warm-up
+    gen.generate(prompts, max_tokens=2)  # warm-up: the same batch, two tokens
+    loaded = rss_mb()
 
-    load_peak, loaded = peak_rss_mb(), rss_mb()
-    with RssSampler() as sampler:
-        ours = run_ours(gen, prompts, args.new_tokens)
+    tracked = reset_peak()
+    ours = run_ours(gen, prompts, args.new_tokens)
+    run_peak = status_mb("VmHWM") if tracked else float("nan")
+    code_pages = status_mb("RssFile") - before_file - mapped_file_mb(".safetensors")
+    checkpoint_pages = mapped_file_mb(".safetensors")
+    packed = sum(type(m).__name__ == "PackedLinear" for m in gen.model.modules())
+    rows = [gen.encode_chat(p) for p in prompts]
+    kv_mb = kv_cache_mb(gen.model, len(rows), max(map(len, rows)) + args.new_tokens)
+
+    # The baselines run the model as their users load it: plain transformers, no packed weights.
+    plain = HFGenerator(max_batch_size=args.questions, pack_weights=False).load()
+    weight_bytes = sum(p.numel() * p.element_size() for p in plain.model.parameters())
+    plain.generate(prompts, max_tokens=2)  # the same warm-up
     results = {"HFGenerator.generate (batched)": ours,
-               "plain model.generate loop": run_loop(gen, prompts, args.new_tokens)}
-    chf = run_chat_huggingface(gen, prompts, args.new_tokens)
+               "  the same, pack_weights=False": run_ours(plain, prompts, args.new_tokens),
+               "plain model.generate loop": run_loop(plain, prompts, args.new_tokens)}
+    chf = run_chat_huggingface(plain, prompts, args.new_tokens)
     if chf is not None:
         results["ChatHuggingFace.batch"] = chf
 
     print(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"device {gen.device}, {args.questions} GSM8K questions x {args.new_tokens} new tokens, greedy")
+          f"device {gen.device}, {args.questions} GSM8K questions x {args.new_tokens} new tokens, greedy; "
+          f"ours: {packed} linear layers packed for oneDNN")
     print(f"{'method':<34} {'seconds':>8} {'tokens':>7} {'tokens/s':>9} {'ours is':>9}")
     ours_rate = ours[1] / ours[0]
     for name, (seconds, tokens, _) in results.items():
         rate = tokens / seconds
         print(f"{name:<34} {seconds:>8.2f} {tokens:>7d} {rate:>9.1f} {ours_rate / rate:>8.2f}x")
-    same = sum(a == b for a, b in zip(ours[2], results["plain model.generate loop"][2]))
-    print(f"identical texts, batched vs loop: {same}/{len(prompts)}")
+    for name in ("plain model.generate loop", "  the same, pack_weights=False"):
+        same = sum(a == b for a, b in zip(ours[2], results[name][2]))
+        print(f"identical texts, ours vs {name.strip()}: {same}/{len(prompts)}")
 
     bandwidth, peak_flops = machine_limits()
     steps = args.new_tokens
     step_time = ours[0] / steps
-    params = sum(p.numel() for p in gen.model.parameters())
-    bytes_per_step = weights_mb * 2**20  # every weight is read once per decoding step
+    fp32_mb = weight_bytes / 2**20
+    params = weight_bytes / 4
+    bytes_per_step = weight_bytes  # every weight is read once per decoding step
     flops_per_step = 2 * params * args.questions
     print(f"machine: copy bandwidth {bandwidth:.1f} GB/s, fp32 matmul {peak_flops:.1f} GFLOP/s (measured)")
-    print(f"batched decoding: {step_time * 1e3:.1f} ms/step; weights {bytes_per_step / step_time / 1e9:.1f} GB/s "
-          f"= {bytes_per_step / step_time / 1e9 / bandwidth:.0%} of bandwidth; "
+    print(f"batched run: {step_time * 1e3:.1f} ms/new token (prefill included); weights {bytes_per_step / step_time / 1e9:.1f} "
+          f"GB/s = {bytes_per_step / step_time / 1e9 / bandwidth:.0%} of bandwidth; "
           f"{flops_per_step / step_time / 1e9:.1f} GFLOP/s = {flops_per_step / step_time / 1e9 / peak_flops:.0%} of matmul peak")
-    print(f"memory: fp32 weights {weights_mb:.0f} MB; RSS before loading {before:.0f} MB (python + torch), "
-          f"after loading {loaded:.0f} MB, peak while loading {load_peak:.0f} MB, peak during the batched run "
-          f"{sampler.peak:.0f} MB")
-    print(f"  model memory in use during generation: {sampler.peak - before:.0f} MB = "
-          f"{(sampler.peak - before) / weights_mb:.2f}x the fp32 weights (loading peaks at "
-          f"{(load_peak - before) / weights_mb:.2f}x while safetensors pages are mapped)")
+    print(f"memory: fp32 weights {fp32_mb:.0f} MB; RSS {before:.0f} MB before loading (python, torch, transformers, "
+          f"the model's code and tokenizer libraries imported), {loaded:.0f} MB after loading and warm-up, peak "
+          f"{load_peak:.0f} MB while loading, {run_peak:.0f} MB during the batched run")
+    growth = run_peak - before
+    print(f"  RSS growth at the run's peak: {growth:.0f} MB = {growth / fp32_mb:.2f}x the fp32 weights; of it "
+          f"{code_pages:.0f} MB are shared-library code pages read in on first use, {checkpoint_pages:.0f} MB pages of the "
+          f"mapped checkpoint, and the batch's key/value cache is {kv_mb:.0f} MB")
+    print(f"  (from the RSS after importing torch and transformers alone, {torch_only:.0f} MB, the growth would be "
+          f"{run_peak - torch_only:.0f} MB = {(run_peak - torch_only) / fp32_mb:.2f}x: the loading code's imports are "
+          f"{before - torch_only:.0f} MB)")
+    print(f"  model memory at the peak (RSS growth less library code): {growth - code_pages:.0f} MB = "
+          f"{(growth - code_pages) / fp32_mb:.2f}x the fp32 weights; loading peaks at {(load_peak - before) / fp32_mb:.2f}x")
 
 
 if __name__ == "__main__":

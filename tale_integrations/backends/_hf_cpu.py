@@ -36,7 +36,23 @@ __all__ = ["PackedLinear", "can_pack", "pack_linears", "release_free_memory"]
 _log = logging.getLogger(__name__)
 #: The row count oneDNN chooses the packed layout for (a decoding batch); other counts run well too.
 BATCH_HINT = 16
+_MADV_RANDOM = 1
 _MADV_PAGEOUT = 21
+
+
+def _libc() -> Any:
+    """The C library on Linux with glibc (for ``madvise`` and ``malloc_trim``), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    except (OSError, AttributeError):
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _libc()
 
 
 class PackedLinear(torch.nn.Module):
@@ -134,16 +150,17 @@ class _FileMappings:
 
 
 def _page_out(tensor: Any) -> None:
-    """Hand the whole pages under a file-mapped tensor back to the page cache (contents unchanged)."""
-    if not sys.platform.startswith("linux"):
-        return
+    """Hand the whole pages under a file-mapped tensor back to the page cache (contents unchanged).
+
+    They are also marked as read at random: a later read (the embedding looking up a row) then maps
+    just its own page, not the 64 KB the kernel would otherwise map around it.
+    """
     page = mmap.PAGESIZE
     start = -(-tensor.data_ptr() // page) * page
     end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page * page
-    if end > start:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        libc.madvise(start, end - start, _MADV_PAGEOUT)  # an old kernel answers EINVAL: pages stay, nothing breaks
+    if _LIBC is not None and end > start:
+        for advice in (_MADV_PAGEOUT, _MADV_RANDOM):  # advice only: an old kernel answers EINVAL, nothing breaks
+            _LIBC.madvise(start, end - start, advice)
 
 
 def pack_linears(model: Any, batch_hint: int = BATCH_HINT) -> int:
@@ -169,17 +186,6 @@ def pack_linears(model: Any, batch_hint: int = BATCH_HINT) -> int:
             if mapped.holds(weight):
                 _page_out(weight)
     return count
-
-
-def _libc() -> Any:
-    try:
-        libc = ctypes.CDLL(None)
-        return libc if hasattr(libc, "malloc_trim") else None
-    except (OSError, AttributeError):
-        return None
-
-
-_LIBC = _libc() if sys.platform.startswith("linux") else None
 
 
 def release_free_memory() -> None:
