@@ -106,6 +106,7 @@ def mapped_file_mb(suffix: str) -> float:
 
 
 def kv_cache_mb(model, rows: int, positions: int) -> float:
+    """Key/value cache size, fp32: ``rows`` rows of ``positions`` positions."""
     config = model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     per_position = config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * 4
@@ -195,6 +196,7 @@ def main() -> None:
     packed = sum(type(m).__name__ == "PackedLinear" for m in gen.model.modules())
     rows = [gen.encode_chat(p) for p in prompts]
     kv_mb = kv_cache_mb(gen.model, len(rows), max(map(len, rows)) + args.new_tokens)
+    kv_written_mb = kv_cache_mb(gen.model, 1, sum(map(len, rows)) + len(rows) * args.new_tokens)
 
     # The baselines run the model as their users load it: plain transformers, no packed weights.
     plain = HFGenerator(max_batch_size=args.questions, pack_weights=False).load()
@@ -236,7 +238,8 @@ def main() -> None:
     growth = run_peak - before
     print(f"  RSS growth at the run's peak: {growth:.0f} MB = {growth / fp32_mb:.2f}x the fp32 weights; of it "
           f"{code_pages:.0f} MB are shared-library code pages read in on first use, {checkpoint_pages:.0f} MB pages of the "
-          f"mapped checkpoint, and the batch's key/value cache is {kv_mb:.0f} MB")
+          f"mapped checkpoint, and the batch's key/value cache is {kv_mb:.0f} MB "
+          f"in all, {kv_written_mb:.0f} MB of it real positions (the rest is padding)")
     print(f"  (from the RSS after importing torch and transformers alone, {torch_only:.0f} MB, the growth would be "
           f"{run_peak - torch_only:.0f} MB = {(run_peak - torch_only) / fp32_mb:.2f}x: the loading code's imports are "
           f"{before - torch_only:.0f} MB)")

@@ -43,13 +43,17 @@ MAX_PREFILL_TOKENS = 512
 def lazy_zeros(like: Any, shape: tuple[int, ...]) -> Any:
     """CPU zeros shaped ``shape`` (dtype of ``like``) in fresh pages of their own, which take memory once touched.
 
-    An anonymous mapping outside the allocator: the positions a generation never reaches cost
-    nothing, and the whole buffer goes back to the system when it is freed.
+    A private anonymous mapping outside the allocator: the positions a generation never writes (its
+    unused cap, the padding of short prompts) cost nothing, and the whole buffer goes back to the
+    system when it is freed.
     """
     count = math.prod(shape)
     if like.device.type != "cpu" or count == 0:
         return like.new_zeros(shape)
-    pages = mmap.mmap(-1, count * like.element_size())
+    size = count * like.element_size()
+    # Private: a page only read (a padded position under the attention mask) stays the shared zero page.
+    private = getattr(mmap, "MAP_PRIVATE", None)
+    pages = mmap.mmap(-1, size, flags=private | mmap.MAP_ANONYMOUS) if private else mmap.mmap(-1, size)
     return torch.frombuffer(pages, dtype=like.dtype, count=count).view(shape)
 
 
