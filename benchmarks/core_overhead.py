@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
-import statistics
 import time
 
 from tale_integrations import Generation, TalePipeline, Usage

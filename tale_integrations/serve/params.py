@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import APIError, bad_request, unknown_parameter, unsupported
+from .errors import bad_request, unknown_parameter, unsupported
 
 __all__ = ["GenerationRequest", "parse_chat", "parse_completion"]
 
