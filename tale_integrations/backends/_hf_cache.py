@@ -97,7 +97,7 @@ class GrowingLayer(DynamicLayer):
             return
         lazy = key_like.device.type == "cpu" if self.lazy is None else self.lazy
         if lazy:  # memory is taken as positions are written: room for all of them at once
-            size, zeros = max(length, self.capacity), lazy_zeros
+            size, zeros = (self.capacity if length <= self.capacity else length + self.chunk), lazy_zeros
         else:
             size, zeros = max(length, min(max(self.capacity, length), length + self.chunk)), _new_zeros
         keys = zeros(key_like, (*key_like.shape[:2], size, key_like.shape[-1]))
@@ -218,8 +218,9 @@ class _RowsLayer(DynamicLayer):
         target, end = self.target, self.start + key_states.shape[-2]
         if not target.is_initialized:
             target.lazy_initialization(key_states, value_states)
-            shape = (self.batch, key_states.shape[1], self.length, key_states.shape[-1])
-            target.reserve(key_states.new_empty(shape), value_states.new_empty(shape), self.length)
+            # reserve reads only the shape, dtype and device of these: views, nothing allocated
+            target.reserve(key_states[:1].expand(self.batch, -1, -1, -1),
+                           value_states[:1].expand(self.batch, -1, -1, -1), self.length)
             target.keys = target._key_buffer[..., :self.length, :]
             target.values = target._value_buffer[..., :self.length, :]
         # Each layer's own device: layers may sit on different GPUs (device_map="auto").

@@ -66,6 +66,12 @@ def test_lazy_growing_layer_takes_its_capacity_at_once_in_zeroed_pages_of_its_ow
         assert torch.equal(keys, expected)
         assert layer._key_buffer.shape[-2] == 40  # sized once, never regrown
     assert torch.all(layer._key_buffer[..., expected.shape[-2]:, :] == 0)
+    # Past the capacity it grows a chunk at a time (3 here), not a position at a time.
+    for step in (25, 1, 1):
+        keys, _ = layer.update(kv(2, step, 9.0), kv(2, step, 0.0))
+        expected = torch.cat([expected, kv(2, step, 9.0)], dim=-2)
+        assert torch.equal(keys, expected)
+    assert layer._key_buffer.shape[-2] == 21 + 25 + 3
     buffer = lazy_zeros(torch.empty(0, dtype=torch.bfloat16), (3, 5))
     assert buffer.dtype == torch.bfloat16 and torch.all(buffer == 0)
     buffer[1, 2] = 7
