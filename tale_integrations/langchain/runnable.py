@@ -18,124 +18,32 @@ the estimator's reply), ``tale:answer`` and ``tale:repair``; filter ``astream_ev
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import re
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from collections.abc import Generator as PyGenerator
-from dataclasses import dataclass
 from typing import Any, Literal
 
-from langchain_core.messages import (
-    AIMessage, AIMessageChunk, AnyMessage, BaseMessage, HumanMessage, UsageMetadata, convert_to_messages,
-)
-from langchain_core.messages.ai import add_usage
-from langchain_core.prompt_values import PromptValue
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableSerializable
-from langchain_core.runnables.config import get_executor_for_config, patch_config
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
-from typing_extensions import NotRequired, Self, TypedDict
+from typing_extensions import Self
 
 from ..core.budget import Budget, BudgetPolicy
 from ..core.estimators import BudgetEstimator, Estimate, EstimatorError
 from ..core.prompts import PROMPT_VERSION, REPAIR_PROMPT, EstimationPrompt, QuestionFormat, repair_prompt
 from ._adapters import (
-    ANSWER_TAG, ESTIMATE_TAG, NOSTREAM_TAG, REPAIR_TAG, accepts_max_tokens, as_estimator, budgeted_messages,
-    call_configs, check_chat_model, finish_reason, last_human_index, model_max_tokens, to_usage_metadata,
+    accepts_max_tokens, as_estimator, budgeted_messages, check_chat_model, finish_reason, model_max_tokens,
+    to_usage_metadata,
+)
+from ._runnable_drive import FlowDrivers
+from ._runnable_parts import (
+    BRACKETED, REPAIR_SEPARATOR, Children, EstimateRequest, Item, ModelCall, TaleInput, TaleQuestion, parse_input,
+    total_usage,
 )
 
 __all__ = ["REPAIR_PROMPT", "TaleInput", "TaleQuestion", "TaleRunnable"]
 
 
-_REPAIR_SEPARATOR = "\n\n"  # between a cut-off answer and its repaired ending, in `content`
-#: Keys of ``response_metadata["tale"]`` known only after the answer (the closing chunk of a stream).
-_OUTCOME = frozenset({"answer_usage", "repaired", "repair_usage", "repair_error", "total_usage"})
-_BRACKETED = re.compile(r"\[\[\s*[^\[\]\s][^\[\]]*\]\]")
-
-
-class TaleQuestion(TypedDict):
-    """Dict input: the question, an optional budget for this call (skips estimation), options."""
-
-    question: str
-    budget: NotRequired[int | None]
-    options: NotRequired[list[str] | None]
-
-
-#: What `TaleRunnable` accepts: a question string, a `TaleQuestion` dict, a `PromptValue` or a message list.
-TaleInput = str | TaleQuestion | PromptValue | list[AnyMessage]
-
-
-@dataclass(frozen=True, slots=True)
-class _Item:
-    messages: tuple[BaseMessage, ...]
-    index: int  # of the last human message, which carries the question
-    question: str
-    budget: int | None
-    options: tuple[str, ...] | None
-
-
-class _Children:
-    """One input's child configs, one per kind of model call, made when first needed."""
-
-    __slots__ = ("_config", "_run_manager")
-
-    def __init__(self, config: RunnableConfig, run_manager: Any) -> None:
-        self._config, self._run_manager = config, run_manager
-
-    def _child(self, *tags: str) -> RunnableConfig:
-        callbacks = self._run_manager.get_child(tags[0])
-        if tags[1:]:
-            callbacks.add_tags(list(tags[1:]))
-        return patch_config(self._config, callbacks=callbacks)
-
-    @property
-    def estimate(self) -> RunnableConfig:
-        return self._child(ESTIMATE_TAG, NOSTREAM_TAG)
-
-    @property
-    def answer(self) -> RunnableConfig:
-        return self._child(ANSWER_TAG)
-
-    @property
-    def repair(self) -> RunnableConfig:
-        return self._child(REPAIR_TAG)
-
-
-@dataclass(frozen=True, slots=True)
-class _Estimate:
-    questions: list[str]
-    configs: list[RunnableConfig]
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    kind: Literal["answer", "repair"]
-    messages: list[list[BaseMessage]]
-    configs: list[RunnableConfig]
-    caps: list[int | None]
-    headers: list[dict[str, Any]]
-
-
-def _total(*usages: UsageMetadata | None) -> UsageMetadata | None:
-    present = [u for u in usages if u]
-    return functools.reduce(add_usage, present) if present else None
-
-
-def _as_chunk(message: BaseMessage) -> AIMessageChunk:
-    if isinstance(message, AIMessageChunk):
-        return message
-    return AIMessageChunk(content=message.content, id=message.id, response_metadata=message.response_metadata,
-                          usage_metadata=getattr(message, "usage_metadata", None))
-
-
-def _to_message(chunk: AIMessageChunk | None) -> AIMessage:
-    if chunk is None:
-        return AIMessage(content="")
-    return AIMessage(content=chunk.content, id=chunk.id, response_metadata=chunk.response_metadata,
-                     usage_metadata=chunk.usage_metadata, additional_kwargs=chunk.additional_kwargs)
-
-
-class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
+class TaleRunnable(FlowDrivers, RunnableSerializable[TaleInput, AIMessage]):
     """TALE-EP (estimate a token budget, then ask with it) around any LangChain chat model.
 
     Input: a question string; a dict ``{"question": ..., "budget": optional int, "options": ...}``
@@ -224,47 +132,11 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
 
     # -- input ----------------------------------------------------------------------------------
 
-    def _item(self, value: Any) -> _Item:
-        budget, options = None, None
-        if isinstance(value, str):
-            messages: list[BaseMessage] = [HumanMessage(value)]
-        elif isinstance(value, PromptValue):
-            messages = value.to_messages()
-        elif isinstance(value, Mapping):
-            if "question" not in value:
-                raise ValueError(
-                    f"TaleRunnable got a dict without a 'question' key (keys: {sorted(map(str, value))}); pass "
-                    "{'question': ..., 'budget': optional int}, a string, or messages from a prompt template"
-                )
-            question, budget, options = value["question"], value.get("budget"), value.get("options")
-            if not isinstance(question, str):
-                raise TypeError(f"input['question'] must be a str, got {type(question).__name__}")
-            if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-                raise ValueError(f"input['budget'] must be a positive int or None, got {budget!r}")
-            if options is not None and (isinstance(options, str) or not all(isinstance(o, str) for o in options)):
-                raise TypeError("input['options'] must be a list of strings")
-            messages = [HumanMessage(question)]
-        elif isinstance(value, Sequence) and not isinstance(value, bytes):
-            if not value:
-                raise ValueError("TaleRunnable got an empty message list; give at least one human message")
-            messages = convert_to_messages(value)
-        else:
-            raise TypeError(
-                f"TaleRunnable input must be a str, a dict with 'question', a PromptValue or a list of messages, "
-                f"got {type(value).__name__}"
-            )
-        index = last_human_index(messages)
-        if index is None:
-            raise ValueError("TaleRunnable found no human message in its input; the last human message is the question")
-        question = str(messages[index].text)
-        if not question.strip():
-            raise ValueError("the question (the last human message) is empty; pass the text of the question")
-        if self.format is QuestionFormat.MULTIPLE_CHOICE and not options:
-            raise ValueError("format='multiple_choice' needs the answer options: pass {'question': ..., 'options': [...]}")
-        return _Item(tuple(messages), index, question, budget, tuple(options) if options else None)
+    def _item(self, value: Any) -> Item:
+        return parse_input(value, self.format)
 
-    def _items(self, inputs: Sequence[Any], fail_fast: bool) -> list[_Item | Exception]:
-        items: list[_Item | Exception] = []
+    def _items(self, inputs: Sequence[Any], fail_fast: bool) -> list[Item | Exception]:
+        items: list[Item | Exception] = []
         for value in inputs:
             try:
                 items.append(self._item(value))
@@ -276,7 +148,7 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
 
     # -- the flow, written once -------------------------------------------------------------------
 
-    def _budget(self, item: _Item, estimate: Estimate | None) -> Budget:
+    def _budget(self, item: Item, estimate: Estimate | None) -> Budget:
         limit = model_max_tokens(self.model)  # a budget above the model's own cap could not be met
         if item.budget is not None:
             return self.policy.fixed(item.budget, source="caller", limit=limit)
@@ -309,30 +181,30 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
     def _needs_repair(self, reply: Any) -> bool:
         if not self.repair or not isinstance(reply, BaseMessage) or finish_reason(reply) != "length":
             return False
-        return self.format is QuestionFormat.CHAT or not _BRACKETED.search(str(reply.text))
+        return self.format is QuestionFormat.CHAT or not BRACKETED.search(str(reply.text))
 
     def _finish(self, header: dict[str, Any], answer: AIMessage, repair: Any) -> AIMessage:
         usage, content = answer.usage_metadata, answer.content
         outcome: dict[str, Any] = {"answer_usage": answer.usage_metadata, "repaired": False, "repair_usage": None}
         if isinstance(repair, AIMessage):
-            content = f"{answer.text}{_REPAIR_SEPARATOR}{repair.text}"
-            usage = _total(usage, repair.usage_metadata)
+            content = f"{answer.text}{REPAIR_SEPARATOR}{repair.text}"
+            usage = total_usage(usage, repair.usage_metadata)
             outcome.update(repaired=True, repair_usage=repair.usage_metadata)
         elif isinstance(repair, BaseException):
             outcome["repair_error"] = f"{type(repair).__name__}: {repair}"
-        outcome["total_usage"] = _total(header["estimator_usage"], outcome["answer_usage"], outcome["repair_usage"])
+        outcome["total_usage"] = total_usage(header["estimator_usage"], outcome["answer_usage"], outcome["repair_usage"])
         metadata = {**answer.response_metadata, "tale": {**header, **outcome}}
         return answer.model_copy(update={"content": content, "usage_metadata": usage, "response_metadata": metadata})
 
-    def _flow(self, items: list[_Item | Exception], children: list[_Children]) -> PyGenerator[Any, Any, list[Any]]:
+    def _flow(self, items: list[Item | Exception], children: list[Children]) -> PyGenerator[Any, Any, list[Any]]:
         """Yields `_Estimate` / `_Call` requests, receives their replies, returns one result per item."""
         results: list[Any] = list(items)
-        ok = [i for i, it in enumerate(items) if isinstance(it, _Item)]
+        ok = [i for i, it in enumerate(items) if isinstance(it, Item)]
         need = [i for i in ok if items[i].budget is None and self.budget is None]
         estimates: dict[int, Estimate] = {}
         if need:
             try:
-                got = yield _Estimate([items[i].question for i in need], [children[i].estimate for i in need])
+                got = yield EstimateRequest([items[i].question for i in need], [children[i].estimate for i in need])
                 if not isinstance(got, list) or len(got) != len(need):
                     n = len(got) if isinstance(got, list) else type(got).__name__
                     raise EstimatorError(f"the estimator returned {n} estimates for {len(need)} questions")
@@ -360,7 +232,7 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
                                            format=self.format, options=item.options)
         answers: dict[int, Any] = {}
         if ok:
-            replies = yield _Call("answer", [prompts[i] for i in ok], [children[i].answer for i in ok],
+            replies = yield ModelCall("answer", [prompts[i] for i in ok], [children[i].answer for i in ok],
                                   [caps[i] for i in ok], [headers[i] for i in ok])
             answers = dict(zip(ok, replies))
         fix = [i for i in ok if self._needs_repair(answers[i])]
@@ -368,7 +240,7 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
         if fix:
             cap = self.answer_reserve if accepts_max_tokens(self.model) else None
             turn = HumanMessage(repair_prompt(self.format))
-            replies = yield _Call("repair", [[*prompts[i], answers[i], turn] for i in fix],
+            replies = yield ModelCall("repair", [[*prompts[i], answers[i], turn] for i in fix],
                                   [children[i].repair for i in fix], [cap] * len(fix), [headers[i] for i in fix])
             repairs = dict(zip(fix, replies))
         for i in ok:
@@ -381,90 +253,6 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
                 results[i] = self._finish(headers[i], answer, repairs.get(i))
         return results
 
-    # -- model calls ----------------------------------------------------------------------------
-
-    def _kwargs(self, cap: int | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if cap is None:
-            return kwargs
-        own = kwargs.get("max_tokens")
-        return {**kwargs, "max_tokens": min(cap, own) if isinstance(own, int) else cap}
-
-    @staticmethod
-    def _groups(call: _Call) -> list[list[int]]:
-        groups: dict[int | None, list[int]] = {}
-        for i, cap in enumerate(call.caps):
-            groups.setdefault(cap, []).append(i)
-        return list(groups.values())
-
-    def _estimate(self, request: _Estimate) -> list[Estimate]:
-        with call_configs(request.configs):
-            return self._estimator.estimate(request.questions)
-
-    async def _aestimate(self, request: _Estimate) -> list[Estimate]:
-        with call_configs(request.configs):
-            return await self._estimator.aestimate(request.questions)
-
-    def _call(self, call: _Call, kwargs: dict[str, Any]) -> list[Any]:
-        out: list[Any] = [None] * len(call.messages)
-
-        def run(group: list[int]) -> None:
-            replies = self.model.batch([call.messages[i] for i in group], [call.configs[i] for i in group],
-                                       return_exceptions=True, **self._kwargs(call.caps[group[0]], kwargs))
-            for i, reply in zip(group, replies):
-                out[i] = reply
-
-        groups = self._groups(call)
-        if len(groups) == 1:
-            run(groups[0])
-        else:
-            with get_executor_for_config(call.configs[0]) as executor:
-                list(executor.map(run, groups))
-        return out
-
-    async def _acall(self, call: _Call, kwargs: dict[str, Any]) -> list[Any]:
-        out: list[Any] = [None] * len(call.messages)
-
-        async def run(group: list[int]) -> None:
-            replies = await self.model.abatch([call.messages[i] for i in group], [call.configs[i] for i in group],
-                                              return_exceptions=True, **self._kwargs(call.caps[group[0]], kwargs))
-            for i, reply in zip(group, replies):
-                out[i] = reply
-
-        await asyncio.gather(*(run(g) for g in self._groups(call)))
-        return out
-
-    def _drive(self, flow: PyGenerator[Any, Any, list[Any]], kwargs: dict[str, Any]) -> list[Any]:
-        request = next(flow)
-        while True:
-            try:
-                if isinstance(request, _Estimate):
-                    try:
-                        reply: Any = self._estimate(request)
-                    except Exception as exc:
-                        request = flow.throw(exc)
-                        continue
-                else:
-                    reply = self._call(request, kwargs)
-                request = flow.send(reply)
-            except StopIteration as done:
-                return done.value
-
-    async def _adrive(self, flow: PyGenerator[Any, Any, list[Any]], kwargs: dict[str, Any]) -> list[Any]:
-        request = next(flow)
-        while True:
-            try:
-                if isinstance(request, _Estimate):
-                    try:
-                        reply: Any = await self._aestimate(request)
-                    except Exception as exc:
-                        request = flow.throw(exc)
-                        continue
-                else:
-                    reply = await self._acall(request, kwargs)
-                request = flow.send(reply)
-            except StopIteration as done:
-                return done.value
-
     # -- Runnable interface -----------------------------------------------------------------------
 
     @staticmethod
@@ -474,11 +262,11 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
         return results[0]
 
     def _invoke(self, input: Any, run_manager: Any, config: RunnableConfig, **kwargs: Any) -> AIMessage:
-        flow = self._flow([self._item(input)], [_Children(config, run_manager)])
+        flow = self._flow([self._item(input)], [Children(config, run_manager)])
         return self._one(self._drive(flow, kwargs))
 
     async def _ainvoke(self, input: Any, run_manager: Any, config: RunnableConfig, **kwargs: Any) -> AIMessage:
-        flow = self._flow([self._item(input)], [_Children(config, run_manager)])
+        flow = self._flow([self._item(input)], [Children(config, run_manager)])
         return self._one(await self._adrive(flow, kwargs))
 
     def invoke(self, input: TaleInput, config: RunnableConfig | None = None, **kwargs: Any) -> AIMessage:
@@ -491,12 +279,12 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
 
     def _batch(self, inputs: list[Any], run_manager: list[Any], config: list[RunnableConfig], *,
                fail_fast: bool, **kwargs: Any) -> list[Any]:
-        flow = self._flow(self._items(inputs, fail_fast), [_Children(c, m) for c, m in zip(config, run_manager)])
+        flow = self._flow(self._items(inputs, fail_fast), [Children(c, m) for c, m in zip(config, run_manager)])
         return self._drive(flow, kwargs)
 
     async def _abatch(self, inputs: list[Any], run_manager: list[Any], config: list[RunnableConfig], *,
                       fail_fast: bool, **kwargs: Any) -> list[Any]:
-        flow = self._flow(self._items(inputs, fail_fast), [_Children(c, m) for c, m in zip(config, run_manager)])
+        flow = self._flow(self._items(inputs, fail_fast), [Children(c, m) for c, m in zip(config, run_manager)])
         return await self._adrive(flow, kwargs)
 
     def batch(self, inputs: list[TaleInput], config: RunnableConfig | list[RunnableConfig] | None = None, *,
@@ -514,71 +302,6 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
             return []
         return await self._abatch_with_config(self._abatch, list(inputs), config, return_exceptions=return_exceptions,
                                               fail_fast=not return_exceptions, **kwargs)
-
-    # -- streaming: a header chunk with the budget, the answer's chunks, a closing chunk with usage ---
-
-    def _stream(self, inputs: Iterator[Any], run_manager: Any, config: RunnableConfig,
-                **kwargs: Any) -> Iterator[AIMessageChunk]:
-        flow = self._flow([self._item(next(inputs))], [_Children(config, run_manager)])
-        request = next(flow)
-        while True:
-            try:
-                if isinstance(request, _Estimate):
-                    try:
-                        reply: Any = self._estimate(request)
-                    except Exception as exc:
-                        request = flow.throw(exc)
-                        continue
-                else:
-                    yield self._opening(request)
-                    final = None
-                    for chunk in self.model.stream(request.messages[0], request.configs[0],
-                                                   **self._kwargs(request.caps[0], kwargs)):
-                        chunk = _as_chunk(chunk)
-                        yield chunk
-                        final = chunk if final is None else final + chunk
-                    reply = [_to_message(final)]
-                request = flow.send(reply)
-            except StopIteration as done:
-                yield self._closing(self._one(done.value))
-                return
-
-    async def _astream(self, inputs: AsyncIterator[Any], run_manager: Any, config: RunnableConfig,
-                       **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
-        flow = self._flow([self._item(await anext(inputs))], [_Children(config, run_manager)])
-        request = next(flow)
-        while True:
-            try:
-                if isinstance(request, _Estimate):
-                    try:
-                        reply: Any = await self._aestimate(request)
-                    except Exception as exc:
-                        request = flow.throw(exc)
-                        continue
-                else:
-                    yield self._opening(request)
-                    final = None
-                    async for chunk in self.model.astream(request.messages[0], request.configs[0],
-                                                          **self._kwargs(request.caps[0], kwargs)):
-                        chunk = _as_chunk(chunk)
-                        yield chunk
-                        final = chunk if final is None else final + chunk
-                    reply = [_to_message(final)]
-                request = flow.send(reply)
-            except StopIteration as done:
-                yield self._closing(self._one(done.value))
-                return
-
-    @staticmethod
-    def _opening(request: _Call) -> AIMessageChunk:
-        if request.kind == "answer":  # the budget, before the first answer token
-            return AIMessageChunk(content="", response_metadata={"tale": request.headers[0]})
-        return AIMessageChunk(content=_REPAIR_SEPARATOR)
-
-    @staticmethod
-    def _closing(result: AIMessage) -> AIMessageChunk:
-        tale = result.response_metadata["tale"]  # the header went out first; send the rest
-        return AIMessageChunk(content="", response_metadata={"tale": {k: v for k, v in tale.items() if k in _OUTCOME}})
 
     def stream(self, input: TaleInput, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[AIMessageChunk]:
         """The budget first (a chunk with ``response_metadata["tale"]``), then the answer's chunks.
