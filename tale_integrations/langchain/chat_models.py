@@ -16,27 +16,22 @@ parts; images, audio and files raise ValueError.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
-import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.caches import BaseCache
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel, LangSmithParams
-from langchain_core.messages import (
-    AIMessage, AIMessageChunk, BaseMessage, ChatMessage, FunctionMessage, HumanMessage, SystemMessage, ToolMessage,
-)
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from typing_extensions import Self
 
-from ..core.prompts import TOOL_CALL_LINE, TOOL_RESULT_TURN
+from ._chat_batching import PENDING, CallSettings, PendingBatch
+from ._chat_messages import PROVIDER, response_metadata, to_conversation, usage_metadata
 
 if TYPE_CHECKING:
     from ..backends.hf import HFGenerator
@@ -44,7 +39,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ChatTaleHF"]
 
-PROVIDER = "tale-hf"
 _LOADING_FIELDS = frozenset(
     {"model_path", "adapter_path", "merge_adapter", "device", "dtype", "max_batch_size", "seed", "enforce_budget"}
 )
@@ -53,138 +47,8 @@ _CALL_KWARGS = ("max_tokens", "max_new_tokens", "stop", "temperature", "budget")
 _TRACING_KWARGS = frozenset(
     {"tags", "metadata", "run_name", "run_id", "ls_structured_output_format", "structured_output_format"}
 )
-_ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "ai": "assistant"}
-_TOOL_BLOCKS = frozenset({"tool_call", "tool_call_chunk", "tool_use", "function_call"})
 
 
-# -- messages in, messages out ------------------------------------------------------------------
-
-
-def _text(message: BaseMessage, where: str) -> str:
-    if isinstance(message.content, str):
-        return message.content
-    parts = []
-    for k, part in enumerate(message.content):
-        if isinstance(part, str):
-            parts.append(part)
-        elif isinstance(part, dict) and part.get("type") == "text":
-            parts.append(str(part.get("text", "")))
-        elif not (isinstance(message, AIMessage) and isinstance(part, dict) and part.get("type") in _TOOL_BLOCKS):
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            raise ValueError(
-                f"{where}.content[{k}] is a {kind!r} part; ChatTaleHF runs a text-only local model, so message "
-                "content must be a string or a list of text parts (no images, audio or files)"
-            )
-    return "".join(parts)  # an AI message's tool-call blocks are rendered from message.tool_calls
-
-
-def to_conversation(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
-    """LangChain messages as the backend's ``{"role", "content"}`` dicts (see the module docstring)."""
-    if not messages:
-        raise ValueError("messages is empty; give at least one message")
-    conversation = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if isinstance(message, SystemMessage):
-            role, content = "system", _text(message, where)
-        elif isinstance(message, HumanMessage):
-            role, content = "user", _text(message, where)
-        elif isinstance(message, AIMessage):
-            calls = [TOOL_CALL_LINE.format(name=c["name"], arguments=json.dumps(c["args"])) for c in message.tool_calls]
-            role, content = "assistant", "\n".join([t for t in [_text(message, where)] if t] + calls)
-        elif isinstance(message, (ToolMessage, FunctionMessage)):
-            name = message.name or getattr(message, "tool_call_id", None) or "tool"
-            role, content = "user", TOOL_RESULT_TURN.format(name=name, content=_text(message, where))
-        elif isinstance(message, ChatMessage) and message.role.lower() in _ROLES:
-            role, content = _ROLES[message.role.lower()], _text(message, where)
-        else:
-            label = f"ChatMessage with role {message.role!r}" if isinstance(message, ChatMessage) else type(message).__name__
-            raise ValueError(f"{where} is a {label}; ChatTaleHF accepts system, human, AI and tool messages")
-        conversation.append({"role": role, "content": content})
-    return conversation
-
-
-def _usage_metadata(generation: Generation) -> dict[str, int]:
-    usage = generation.usage
-    return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens, "total_tokens": usage.total_tokens}
-
-
-def _response_metadata(generation: Generation) -> dict[str, Any]:
-    return {"model_name": generation.model, "finish_reason": generation.finish_reason, "model_provider": PROVIDER}
-
-
-# -- call settings and batching -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Settings:
-    """The settings of one call: per-call kwargs over the instance's defaults."""
-
-    max_tokens: int | None
-    stop: Any
-    temperature: float
-    budget: int | None
-
-    def for_stream(self) -> dict[str, Any]:
-        return {"max_tokens": self.max_tokens, "stop": self.stop, "temperature": self.temperature, "budget": self.budget}
-
-    def for_generate(self, n: int) -> dict[str, Any]:
-        budgets = None if self.budget is None else [self.budget] * n
-        return {"max_tokens": self.max_tokens, "stop": self.stop, "temperature": self.temperature, "budgets": budgets}
-
-
-class _PendingBatch:
-    """The conversations of one batch call, generated together the first time any of them is needed.
-
-    LangChain runs a batch as one `_generate` per input (in threads, or as concurrent tasks), each
-    after its own ``on_chat_model_start``. The first input to reach `_generate` sends every
-    conversation to the backend in one call; the others pick up their results. If that call fails,
-    each input falls back to its own call, so one bad prompt fails alone.
-    """
-
-    def __init__(self, owner: ChatTaleHF, conversations: list[list[dict[str, str]]], settings: _Settings) -> None:
-        self.owner, self.conversations, self.settings = owner, conversations, settings
-        self.claimed = [False] * len(conversations)
-        self.results: list[Generation] | None = None
-        self.failed = False
-        self.lock = threading.Lock()
-        self.task: asyncio.Future[list[Generation]] | None = None
-
-    def _claim(self, owner: ChatTaleHF, conversation: list[dict[str, str]], settings: _Settings) -> int | None:
-        if owner is self.owner and settings == self.settings:
-            for i, candidate in enumerate(self.conversations):
-                if not self.claimed[i] and candidate == conversation:
-                    self.claimed[i] = True
-                    return i
-        return None
-
-    def take(self, owner: ChatTaleHF, conversation: list[dict[str, str]], settings: _Settings) -> Generation | None:
-        with self.lock:
-            i = self._claim(owner, conversation, settings)
-            if i is not None and self.results is None and not self.failed:
-                try:
-                    self.results = owner.generator.generate(
-                        self.conversations, **settings.for_generate(len(self.conversations))
-                    )
-                except Exception:
-                    self.failed = True
-            return None if i is None or self.results is None else self.results[i]
-
-    async def atake(self, owner: ChatTaleHF, conversation: list[dict[str, str]], settings: _Settings) -> Generation | None:
-        i = self._claim(owner, conversation, settings)
-        if i is None:
-            return None
-        if self.task is None:
-            self.task = asyncio.ensure_future(
-                owner.generator.agenerate(self.conversations, **settings.for_generate(len(self.conversations)))
-            )
-        try:
-            return (await asyncio.shield(self.task))[i]
-        except Exception:
-            return None
-
-
-_PENDING: ContextVar[_PendingBatch | None] = ContextVar("tale_hf_pending_batch", default=None)
 #: The generator that `ChatTaleHF.from_generator` hands to the validator, instead of it building one.
 _INJECTED: ContextVar[Any] = ContextVar("tale_hf_injected_generator", default=None)
 
@@ -318,7 +182,7 @@ class ChatTaleHF(BaseChatModel):
                 "a generator made with enforce_budget=True); turn enforcement on, or put the budget in the prompt"
             )
 
-    def _settings(self, stop: list[str] | None, kwargs: dict[str, Any]) -> _Settings:
+    def _settings(self, stop: list[str] | None, kwargs: dict[str, Any]) -> CallSettings:
         # "stream" is LangChain's own routing flag (invoke(..., stream=True)), not a model setting.
         unknown = sorted(set(kwargs) - set(_CALL_KWARGS) - {"stream"})
         if unknown:
@@ -332,7 +196,7 @@ class ChatTaleHF(BaseChatModel):
         budget = given.get("budget", self.budget)
         self._check_budget(budget)
         stop = stop if stop is not None else self.stop
-        return _Settings(
+        return CallSettings(
             max_tokens=given.get("max_tokens", given.get("max_new_tokens", self.max_tokens)),
             stop=(tuple(stop) or None) if isinstance(stop, (list, tuple)) else stop,  # the backend checks the rest
             temperature=given.get("temperature", self.temperature),
@@ -342,9 +206,9 @@ class ChatTaleHF(BaseChatModel):
     # -- generation -----------------------------------------------------------------------------
 
     def _result(self, generation: Generation) -> ChatResult:
-        message = AIMessage(content=generation.text, usage_metadata=_usage_metadata(generation),
-                            response_metadata=_response_metadata(generation))
-        llm_output = {"token_usage": _usage_metadata(generation), "model_name": generation.model}
+        message = AIMessage(content=generation.text, usage_metadata=usage_metadata(generation),
+                            response_metadata=response_metadata(generation))
+        llm_output = {"token_usage": usage_metadata(generation), "model_name": generation.model}
         return ChatResult(generations=[ChatGeneration(message=message)], llm_output=llm_output)
 
     def _combine_llm_outputs(self, llm_outputs: list[dict | None]) -> dict:
@@ -355,7 +219,7 @@ class ChatTaleHF(BaseChatModel):
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         conversation, settings = to_conversation(messages), self._settings(stop, kwargs)
-        pending = _PENDING.get()
+        pending = PENDING.get()
         generation = pending.take(self, conversation, settings) if pending else None
         if generation is None:
             generation = self._generator.generate([conversation], **settings.for_generate(1))[0]
@@ -364,7 +228,7 @@ class ChatTaleHF(BaseChatModel):
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         conversation, settings = to_conversation(messages), self._settings(stop, kwargs)
-        pending = _PENDING.get()
+        pending = PENDING.get()
         generation = await pending.atake(self, conversation, settings) if pending else None
         if generation is None:
             generation = (await self._generator.agenerate([conversation], **settings.for_generate(1)))[0]
@@ -376,7 +240,7 @@ class ChatTaleHF(BaseChatModel):
             return ChatGenerationChunk(message=AIMessageChunk(content=text))
         # Usage and model name ride on the last chunk only, so aggregating the chunks counts them once.
         return ChatGenerationChunk(message=AIMessageChunk(
-            content=text, usage_metadata=_usage_metadata(final), response_metadata=_response_metadata(final),
+            content=text, usage_metadata=usage_metadata(final), response_metadata=response_metadata(final),
             chunk_position="last",
         ))
 
@@ -418,13 +282,13 @@ class ChatTaleHF(BaseChatModel):
                     conversations.append(to_conversation(self._convert_input(value).to_messages()))
             with contextlib.suppress(Exception):
                 settings = self._settings(stop, {k: v for k, v in kwargs.items() if k not in _TRACING_KWARGS})
-                pending = _PendingBatch(self, conversations, settings) if len(conversations) > 1 else None
-        token = _PENDING.set(pending) if pending else None
+                pending = PendingBatch(self, conversations, settings) if len(conversations) > 1 else None
+        token = PENDING.set(pending) if pending else None
         try:
             yield
         finally:
             if token is not None:
-                _PENDING.reset(token)
+                PENDING.reset(token)
 
     def generate(self, messages: list[list[BaseMessage]], stop: list[str] | None = None, callbacks: Any = None,
                  **kwargs: Any) -> LLMResult:
