@@ -29,7 +29,7 @@ from ..core.prompts import (
     ESTIMATION_SYSTEM_PROMPT,
     EstimationPrompt,
 )
-from .llms import to_backend_messages
+from ._llm_messages import to_backend_messages
 
 __all__ = [
     "LlamaIndexEstimator",

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from llama_index.core.base.llms.types import (
-    CachePoint,
     ChatMessage,
     ChatResponse,
     ChatResponseAsyncGen,
@@ -24,9 +23,6 @@ from llama_index.core.base.llms.types import (
     CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
-    MessageRole,
-    TextBlock,
-    ThinkingBlock,
 )
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
@@ -41,22 +37,16 @@ from llama_index.core.instrumentation.span import active_span_id
 from llama_index.core.llms import LLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 
-from ..core.generation import Generation, Message, StreamEvent
-from ..core.prompts import TOOL_RESULT_TURN_UNNAMED
+from ..core.generation import Generation, Message
+from ._llm_messages import (
+    TOOL_RESULT_PREFIX, apieces, chat_response, completion_response, per_row, pieces, to_backend_messages,
+)
 
 __all__ = ["TOOL_RESULT_PREFIX", "TaleHFLLM", "to_backend_messages"]
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
 
-#: Prefix of the user message that carries a tool or function result.
-TOOL_RESULT_PREFIX = TOOL_RESULT_TURN_UNNAMED.format(content="")  # text lives in core/prompts.py
-
-_ROLES = {
-    MessageRole.SYSTEM: "system", MessageRole.DEVELOPER: "system", MessageRole.USER: "user",
-    MessageRole.ASSISTANT: "assistant", MessageRole.CHATBOT: "assistant", MessageRole.MODEL: "assistant",
-}
-_TOOL_ROLES = frozenset({MessageRole.TOOL, MessageRole.FUNCTION})
 #: Settings that belong to the generator; `from_generator` refuses them.
 _LOADING_FIELDS = ("model_path", "adapter_path", "merge_adapter", "device", "dtype", "max_batch_size", "seed",
                    "enforce_budget")
@@ -227,10 +217,10 @@ class TaleHFLLM(LLM):
         return [{"role": "user", "content": text}]
 
     def _generate(self, rows: list[list[Message]], settings: dict[str, Any]) -> list[Generation]:
-        return self._generator.generate(rows, **_per_row(settings, len(rows))) if rows else []
+        return self._generator.generate(rows, **per_row(settings, len(rows))) if rows else []
 
     async def _agenerate(self, rows: list[list[Message]], settings: dict[str, Any]) -> list[Generation]:
-        return await self._generator.agenerate(rows, **_per_row(settings, len(rows))) if rows else []
+        return await self._generator.agenerate(rows, **per_row(settings, len(rows))) if rows else []
 
     # -- chat ---------------------------------------------------------------------------------
 
@@ -238,27 +228,27 @@ class TaleHFLLM(LLM):
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Answer a conversation under the model's chat template."""
         settings = self._settings(kwargs)
-        return _chat_response(self._generate([to_backend_messages(messages)], settings)[0])
+        return chat_response(self._generate([to_backend_messages(messages)], settings)[0])
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Async twin of `chat` (decoding runs in a worker thread)."""
         settings = self._settings(kwargs)
-        return _chat_response((await self._agenerate([to_backend_messages(messages)], settings))[0])
+        return chat_response((await self._agenerate([to_backend_messages(messages)], settings))[0])
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         """Stream a chat answer; the last response carries the usage."""
         settings = self._settings(kwargs)
         events = self._generator.stream(to_backend_messages(messages), **settings)
-        return _pieces(events, _chat_response)
+        return pieces(events, chat_response)
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         """Async twin of `stream_chat`."""
         settings = self._settings(kwargs)
         events = self._generator.astream(to_backend_messages(messages), **settings)
-        return _apieces(events, _chat_response)
+        return apieces(events, chat_response)
 
     # -- completion ---------------------------------------------------------------------------
 
@@ -266,27 +256,27 @@ class TaleHFLLM(LLM):
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Answer ``prompt`` sent as one user message (``completion_to_prompt`` applies unless ``formatted``)."""
         settings = self._settings(kwargs)
-        return _completion_response(self._generate([self._prompt_messages(prompt, formatted)], settings)[0])
+        return completion_response(self._generate([self._prompt_messages(prompt, formatted)], settings)[0])
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Async twin of `complete`."""
         settings = self._settings(kwargs)
-        return _completion_response((await self._agenerate([self._prompt_messages(prompt, formatted)], settings))[0])
+        return completion_response((await self._agenerate([self._prompt_messages(prompt, formatted)], settings))[0])
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         """Stream a completion; the last response carries the usage."""
         settings = self._settings(kwargs)
-        return _pieces(self._generator.stream(self._prompt_messages(prompt, formatted), **settings),
-                       _completion_response)
+        return pieces(self._generator.stream(self._prompt_messages(prompt, formatted), **settings),
+                       completion_response)
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         """Async twin of `stream_complete`."""
         settings = self._settings(kwargs)
-        return _apieces(self._generator.astream(self._prompt_messages(prompt, formatted), **settings),
-                        _completion_response)
+        return apieces(self._generator.astream(self._prompt_messages(prompt, formatted), **settings),
+                        completion_response)
 
     # -- batches (one backend call; one LLM callback event per input) --------------------------
 
@@ -294,14 +284,14 @@ class TaleHFLLM(LLM):
     def batch_chat(self, conversations: Sequence[Sequence[ChatMessage]], **kwargs: Any) -> list[ChatResponse]:
         """Answer many conversations in one batched backend call, in order."""
         with self._batch(conversations, kwargs, chat=True) as (rows, settings, responses):
-            responses += map(_chat_response, self._generate(rows, settings))
+            responses += map(chat_response, self._generate(rows, settings))
         return responses
 
     @dispatcher.span
     async def abatch_chat(self, conversations: Sequence[Sequence[ChatMessage]], **kwargs: Any) -> list[ChatResponse]:
         """Async twin of `batch_chat`."""
         with self._batch(conversations, kwargs, chat=True) as (rows, settings, responses):
-            responses += map(_chat_response, await self._agenerate(rows, settings))
+            responses += map(chat_response, await self._agenerate(rows, settings))
         return responses
 
     @dispatcher.span
@@ -309,7 +299,7 @@ class TaleHFLLM(LLM):
                        **kwargs: Any) -> list[CompletionResponse]:
         """Complete many prompts (each sent as one user message) in one batched backend call, in order."""
         with self._batch(prompts, {**kwargs, "formatted": formatted}, chat=False) as (rows, settings, responses):
-            responses += map(_completion_response, self._generate(rows, settings))
+            responses += map(completion_response, self._generate(rows, settings))
         return responses
 
     @dispatcher.span
@@ -317,7 +307,7 @@ class TaleHFLLM(LLM):
                               **kwargs: Any) -> list[CompletionResponse]:
         """Async twin of `batch_complete`."""
         with self._batch(prompts, {**kwargs, "formatted": formatted}, chat=False) as (rows, settings, responses):
-            responses += map(_completion_response, await self._agenerate(rows, settings))
+            responses += map(completion_response, await self._agenerate(rows, settings))
         return responses
 
     @contextmanager
@@ -350,87 +340,3 @@ class TaleHFLLM(LLM):
             for item, event_id, response in zip(inputs, event_ids, responses):
                 manager.on_event_end(CBEventType.LLM, payload={in_key: item, out_key: response}, event_id=event_id)
                 dispatcher.event(end_event(**{field: item}, response=response, span_id=span_id))
-
-
-# -- conversion -------------------------------------------------------------------------------
-
-
-def to_backend_messages(messages: Sequence[ChatMessage]) -> list[Message]:
-    """LlamaIndex chat messages as backend ``{"role", "content"}`` dicts.
-
-    System and developer messages become ``system``; user ``user``; assistant, chatbot and model
-    ``assistant``. Tool and function results become a user message ``"Tool result: <content>"``
-    (small chat templates know no tool role). Text blocks are joined with newlines; cache points and
-    thinking blocks are dropped; image, audio, video and document blocks are refused (text only).
-
-    Raises:
-        TypeError: ``messages`` is not a list of `ChatMessage`.
-        ValueError: it is empty, or a message holds a non-text block or an unknown role.
-    """
-    if isinstance(messages, (str, ChatMessage)) or not isinstance(messages, Sequence):
-        raise TypeError(f"messages must be a list of ChatMessage, got {type(messages).__name__}")
-    if not messages:
-        raise ValueError("messages is empty; pass at least one ChatMessage")
-    converted: list[Message] = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, ChatMessage):
-            raise TypeError(f"messages[{i}] must be a ChatMessage, got {type(message).__name__}")
-        texts = []
-        for block in message.blocks:
-            if isinstance(block, TextBlock):
-                texts.append(block.text)
-            elif not isinstance(block, (CachePoint, ThinkingBlock)):
-                kind = getattr(block, "block_type", type(block).__name__)
-                raise ValueError(f"messages[{i}] holds a {kind!r} block, but TaleHFLLM reads text only; "
-                                 "pass text blocks (describe the content in words)")
-        text = "\n".join(texts)
-        if message.role in _TOOL_ROLES:
-            converted.append({"role": "user", "content": TOOL_RESULT_PREFIX + text})
-        elif message.role in _ROLES:
-            converted.append({"role": _ROLES[message.role], "content": text})
-        else:
-            raise ValueError(f"messages[{i}] has role {message.role.value!r}, which TaleHFLLM cannot map")
-    return converted
-
-
-def _per_row(settings: dict[str, Any], n: int) -> dict[str, Any]:
-    budget = settings.pop("budget")
-    return {**settings, "budgets": None if budget is None else [budget] * n}
-
-
-def _usage(generation: Generation) -> dict[str, int]:
-    usage = generation.usage
-    return {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
-            "total_tokens": usage.total_tokens}
-
-
-def _raw(generation: Generation) -> dict[str, Any]:
-    # TokenCountingHandler reads raw["usage"]; with exact counts there it never re-counts with tiktoken.
-    return {"usage": _usage(generation), "model": generation.model, "finish_reason": generation.finish_reason,
-            "token_counter": generation.usage.counter}
-
-
-def _chat_response(final: Generation | None, text: str | None = None, delta: str | None = None) -> ChatResponse:
-    content = final.text if text is None else text
-    return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=content), delta=delta,
-                        raw=_raw(final) if final else None, additional_kwargs=_usage(final) if final else {})
-
-
-def _completion_response(final: Generation | None, text: str | None = None,
-                         delta: str | None = None) -> CompletionResponse:
-    return CompletionResponse(text=final.text if text is None else text, delta=delta,
-                              raw=_raw(final) if final else None, additional_kwargs=_usage(final) if final else {})
-
-
-def _pieces(events: Iterator[StreamEvent], make: Callable[..., Any]) -> Iterator[Any]:
-    text = ""
-    for event in events:
-        text += event.text
-        yield make(event.final, text, event.text)
-
-
-async def _apieces(events: AsyncIterator[StreamEvent], make: Callable[..., Any]) -> AsyncIterator[Any]:
-    text = ""
-    async for event in events:
-        text += event.text
-        yield make(event.final, text, event.text)
