@@ -59,7 +59,7 @@ class HFGenerator(BatchDecoding):
             `BudgetEnforcement`, or one of your own. Off by default (the paper only prompts).
         model_name: Name reported in each `Generation`; default the folder's name.
         trust_remote_code: Allow code from the model folder to run. Off by default.
-        pack_weights: On CPU, keep the linear layers' weights in oneDNN's packed layout (about 1.5x
+        pack_weights: On CPU, keep the linear layers' weights in oneDNN's packed layout (1.3-1.6x
             faster decoding in the same memory; inference only, see ``_hf_cpu``). Default: on for float32
             models this object loads on CPU, off for `from_model` (whose model stays as given).
         progress: Called with one-line status messages (the embedded model's first-run conversion).
