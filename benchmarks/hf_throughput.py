@@ -64,14 +64,12 @@ def reset_peak() -> bool:
 
 
 def release_heap() -> None:
-    import ctypes
     import gc
 
+    from tale_integrations.backends._hf_cpu import release_free_memory
+
     gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    release_free_memory()
 
 
 def import_loading_code() -> None:

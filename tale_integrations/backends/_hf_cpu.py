@@ -55,15 +55,19 @@ def _libc() -> Any:
 _LIBC = _libc()
 
 
+def _pack(weight: Any, batch_hint: int) -> Any:
+    """``weight`` (out, in) in oneDNN's packed layout for products of about ``batch_hint`` rows."""
+    with torch.no_grad():
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), batch_hint)
+
+
 class PackedLinear(torch.nn.Module):
     """``y = x W^T + b`` with ``W`` stored in oneDNN's packed layout (inference only)."""
 
     def __init__(self, linear: Any, batch_hint: int = BATCH_HINT) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        with torch.no_grad():
-            self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_hint),
-                                 persistent=False)
+        self.register_buffer("packed", _pack(linear.weight, batch_hint), persistent=False)
         self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
 
     @property
@@ -91,7 +95,7 @@ class PackedLinear(torch.nn.Module):
             return
         with torch.no_grad():
             if weight is not None:
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(torch.float32), BATCH_HINT)
+                self.packed = _pack(weight.to(torch.float32), BATCH_HINT)
             if bias is not None and self.bias is not None:
                 self.bias.copy_(bias)
 
