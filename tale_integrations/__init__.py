@@ -23,6 +23,7 @@ from .core.estimators import (
     ZeroShotEstimator,
 )
 from .core.generation import FunctionGenerator, Generation, Generator, PromptTooLongError, Usage
+from .core.learned import LearnedEstimator
 from .core.pipeline import Mode, TalePipeline, TaleResult
 from .core.prompts import ConversationStyle, EstimationPrompt, QuestionFormat
 from .core.tokens import HFTokenizerCounter, TiktokenCounter, TokenCounter, counter_for
@@ -44,6 +45,7 @@ __all__ = [
     "Generation",
     "Generator",
     "HFTokenizerCounter",
+    "LearnedEstimator",
     "Mode",
     "OnParseFailure",
     "PromptTooLongError",

@@ -1,8 +1,11 @@
 """The ``tale`` command.
 
 ``tale ask "QUESTION"`` answers with TALE-EP on the embedded SmolLM2-135M-Instruct model (or any
-local model folder given with ``--model``) and prints the answer, the budget and the tokens used;
-``--compare`` also answers with vanilla chain-of-thought and prints the saving.
+local model folder given with ``--model``) and prints the answer, the budget and the tokens used. The
+budget comes from the learned estimator shipped in the package (no model call) unless
+``--estimator zero-shot`` asks the model itself, as the paper does. ``--compare`` also answers with
+vanilla chain-of-thought and with the other estimator, and prints every method's tokens, the
+estimator's included.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from ._argtypes import positive_int as _positive_int
+from ._argtypes import temperature as _temperature
 from .core.budget import BudgetPolicy
+from .core.estimators import get_estimator
+from .core.learned import LearnedEstimator
 from .core.pipeline import Mode, TalePipeline, TaleResult
 from .core.prompts import QuestionFormat
 from .eval.cli import add_eval_parsers
 from .serve.cli import add_serve_parser
 from .training.cli import add_training_parsers
-
-from ._argtypes import positive_int as _positive_int, temperature as _temperature
 
 __all__ = ["main"]
 
@@ -44,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--enforce", action="store_true",
                      help="hold the answer to its budget while decoding (wrap up, answer, stop) instead of only asking")
     ask.add_argument("--budget", type=_positive_int, metavar="N", help="use this budget instead of estimating one")
-    ask.add_argument("--compare", action="store_true", help="also answer with vanilla chain-of-thought and compare")
+    ask.add_argument("--estimator", default="learned", metavar="NAME",
+                     help="where the budget comes from: 'learned' (default: the learned estimator shipped in the "
+                     "package, no model call), 'zero-shot' (the paper's: ask the model itself) or 'learned:PATH' "
+                     "(one fitted with `tale train estimator`)")
+    ask.add_argument("--compare", action="store_true",
+                     help="also answer with vanilla chain-of-thought and with the other estimator, and compare tokens")
     ask.add_argument(
         "--format", choices=[f.value for f in QuestionFormat if f is not QuestionFormat.MULTIPLE_CHOICE],
         default=QuestionFormat.CHAT.value,
@@ -68,7 +78,10 @@ def _usage_line(result: TaleResult) -> str:
     line = f"answer call {u.input_tokens} in / {u.output_tokens} out"
     if result.estimator_usage is not None:
         e = result.estimator_usage
-        line = f"estimator call {e.input_tokens} in / {e.output_tokens} out; " + line
+        if e.total_tokens == 0:
+            line = f"estimator {result.estimator}: no model call; " + line
+        else:
+            line = f"estimator call {e.input_tokens} in / {e.output_tokens} out; " + line
     return line
 
 
@@ -113,29 +126,38 @@ def _ask(args: argparse.Namespace) -> int:
     common: dict[str, Any] = {"format": args.format, "max_tokens": args.max_tokens}
     policy = BudgetPolicy(min_budget=args.min_budget, max_budget=max(args.min_budget, args.max_tokens),
                           fallback_budget=max(args.min_budget, min(128, args.max_tokens)))
+    estimator = get_estimator(args.estimator, generator)  # a bad name fails before any model call
+    runs: dict[str, tuple[str, TalePipeline]] = {}
     if args.budget is not None:
-        tale = TalePipeline(generator, budget=args.budget, policy=policy, **common)
+        runs["tale"] = (f"fixed budget {args.budget}", TalePipeline(generator, budget=args.budget, policy=policy,
+                                                                     **common))
     else:
-        tale = TalePipeline(generator, mode=Mode.TALE_EP, policy=policy, **common)
-    result = tale.invoke(args.question)
-    results = {"tale": result}
+        runs["tale"] = (f"TALE-EP ({estimator.name})", TalePipeline(generator, mode=Mode.TALE_EP, estimator=estimator,
+                                                                   policy=policy, **common))
     if args.compare:
-        results["vanilla"] = TalePipeline(generator, mode=Mode.VANILLA, **common).invoke(args.question)
+        runs["vanilla"] = ("vanilla chain-of-thought", TalePipeline(generator, mode=Mode.VANILLA, **common))
+        if args.budget is None:
+            other = "zero-shot" if isinstance(estimator, LearnedEstimator) else "learned"
+            other_estimator = get_estimator(other, generator)
+            runs[f"tale_{other.replace('-', '_')}"] = (
+                f"TALE-EP ({other_estimator.name})",
+                TalePipeline(generator, mode=Mode.TALE_EP, estimator=other_estimator, policy=policy, **common))
+    results = {key: pipeline.invoke(args.question) for key, (_, pipeline) in runs.items()}
 
     if args.json:
         print(json.dumps({k: v.to_dict() for k, v in results.items()}, indent=2))
         return 0
-    title = "TALE-EP" if args.budget is None else f"fixed budget {args.budget}"
-    lines = [f"Model: {result.model}", ""] + _describe(title, result)
+    lines = [f"Model: {results['tale'].model}"]
+    for key, result in results.items():
+        lines += [""] + _describe(runs[key][0], result)
     if args.compare:
-        vanilla = results["vanilla"]
-        lines += [""] + _describe("vanilla chain-of-thought", vanilla) + [""]
-        t, v = result.usage.output_tokens, vanilla.usage.output_tokens
-        if v:
-            change = f"{(v - t) / v:.0%} fewer" if t <= v else f"{(t - v) / v:.0%} more"
-            lines.append(f"Answer tokens: TALE {t} vs vanilla {v} ({change})")
-        tt, vt = result.total_usage.total_tokens, vanilla.total_usage.total_tokens
-        lines.append(f"All tokens (estimator included): TALE {tt} vs vanilla {vt}")
+        lines += ["", "== Tokens per method ==", "method | answer tokens | all tokens (estimator included)"]
+        base = results["vanilla"].total_usage.total_tokens
+        for key in ("vanilla", *(k for k in results if k != "vanilla")):
+            r = results[key]
+            total = r.total_usage.total_tokens
+            ratio = f" ({total / base:.2f}x vanilla)" if base and key != "vanilla" else ""
+            lines.append(f"{runs[key][0]} | {r.usage.output_tokens} | {total}{ratio}")
     print("\n".join(lines))
     return 0
 

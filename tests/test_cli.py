@@ -23,10 +23,34 @@ def test_ask_prints_answer_budget_and_tokens(tiny_model_dir, capsys):
     assert main(["ask", "What is 3 + 4?", "--model", str(tiny_model_dir), "--max-tokens", "8"]) == 0
     out = capsys.readouterr().out
     assert f"Model: {tiny_model_dir.name}" in out
-    assert "== TALE-EP ==" in out
-    assert "Budget: " in out
+    assert "== TALE-EP (learned) ==" in out
+    assert "Budget: " in out and "(estimated by learned" in out
     assert "Output tokens: 8 (hit the token cap)" in out
-    assert "estimator call" in out and "answer call" in out
+    assert "estimator learned: no model call" in out and "answer call" in out
+
+
+def test_ask_zero_shot_estimator_is_one_flag_away(tiny_model_dir, capsys):
+    assert main(["ask", "What is 3 + 4?", "--model", str(tiny_model_dir), "--max-tokens", "8",
+                 "--estimator", "zero-shot"]) == 0
+    out = capsys.readouterr().out
+    assert "== TALE-EP (zero-shot:" in out and "estimator call" in out
+
+
+def test_ask_learned_is_the_default_and_costs_no_estimator_tokens(tiny_model_dir, capsys):
+    from tale_integrations.core.learned import default_learned_estimator
+
+    question = "Natalia sold 48 clips in April and half as many in May. How many clips in total?"
+    data = run_json(capsys, question, "--model", str(tiny_model_dir), "--max-tokens", "300")
+    tale = data["tale"]
+    assert tale["estimator"] == "learned"
+    assert tale["estimator_usage"]["input_tokens"] == tale["estimator_usage"]["output_tokens"] == 0
+    assert tale["budget"]["raw"] == default_learned_estimator().estimate([question])[0].raw
+    assert tale["total_usage"] == tale["usage"] | {"counter": tale["total_usage"]["counter"]}
+
+
+def test_ask_unknown_estimator_is_a_clear_error(tiny_model_dir, capsys):
+    assert main(["ask", "Q?", "--model", str(tiny_model_dir), "--estimator", "lerned"]) == 2
+    assert "unknown estimator 'lerned'" in capsys.readouterr().err
 
 
 def test_ask_json_with_a_fixed_budget_reaches_the_prompt(tiny_model_dir, capsys):
@@ -43,7 +67,8 @@ def test_ask_json_with_a_fixed_budget_reaches_the_prompt(tiny_model_dir, capsys)
 
 def test_ask_compare_adds_vanilla(tiny_model_dir, capsys):
     data = run_json(capsys, "Q?", "--model", str(tiny_model_dir), "--compare", "--max-tokens", "4", "--format", "gsm8k")
-    assert set(data) == {"tale", "vanilla"}
+    assert set(data) == {"tale", "vanilla", "tale_zero_shot"}
+    assert data["tale"]["estimator"] == "learned" and data["tale_zero_shot"]["estimator"].startswith("zero-shot:")
     assert data["vanilla"]["messages"][-1]["content"].endswith("Let's think step by step:\n")
     assert data["vanilla"]["budget"] is None
     assert data["tale"]["messages"][-1]["content"].startswith("Q: Q?\n")
@@ -51,7 +76,7 @@ def test_ask_compare_adds_vanilla(tiny_model_dir, capsys):
 
 def test_ask_estimate_fallback_is_explained(tiny_model_dir, capsys):
     # A random tiny model never writes [[N]]: the fallback budget is used and the output says so.
-    assert main(["ask", "Q?", "--model", str(tiny_model_dir), "--max-tokens", "200"]) == 0
+    assert main(["ask", "Q?", "--model", str(tiny_model_dir), "--max-tokens", "200", "--estimator", "zero-shot"]) == 0
     out = capsys.readouterr().out
     assert "Budget: 128 tokens (fallback: the estimator gave no usable number" in out
 
@@ -93,7 +118,21 @@ def test_ask_on_the_embedded_model(capsys):
     tokens = tale["budget"]["tokens"]
     assert f"use less than {tokens} tokens:" in tale["messages"][-1]["content"]
     assert 1 <= tale["usage"]["output_tokens"] <= 64
-    assert tale["estimator_usage"]["input_tokens"] > 50
+    assert tale["estimator"] == "learned" and tale["estimator_usage"]["input_tokens"] == 0
+
+
+@pytest.mark.slow
+def test_ask_compare_on_the_embedded_model_shows_every_methods_tokens(capsys):
+    assert main(["ask", "Tom has 3 apples and buys 4 more. How many apples does he have?", "--max-tokens", "64",
+                 "--compare"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("== Tokens per method ==")[1].splitlines()
+    assert table[2].startswith("vanilla chain-of-thought | ")
+    assert table[3].startswith("TALE-EP (learned) | ") and "x vanilla)" in table[3]
+    assert table[4].startswith("TALE-EP (zero-shot:SmolLM2-135M-Instruct) | ")
+    learned_total = int(table[3].split(" | ")[2].split()[0])
+    zero_shot_total = int(table[4].split(" | ")[2].split()[0])
+    assert learned_total < zero_shot_total  # the zero-shot estimator's own call costs tokens
 
 
 def test_ask_enforce_holds_the_answer_to_its_budget(tiny_model_dir, capsys):

@@ -7,6 +7,8 @@ Import as ``from tiny_models import ...`` (the tests folder is on the path, see 
 
 from __future__ import annotations
 
+from typing import Any
+
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -82,3 +84,16 @@ def script_model(model, token_id: int):
         head.bias[token_id] = 10.0
     model.lm_head = head
     return model
+
+
+def spy(generator: Any) -> list[dict[str, Any]]:
+    """Record every ``generate`` call of an HFGenerator (``agenerate`` and chat wrappers go through it)."""
+    calls: list[dict[str, Any]] = []
+    original = generator.generate
+
+    def wrapper(prompts, **kwargs):
+        calls.append({"prompts": prompts, **kwargs})
+        return original(prompts, **kwargs)
+
+    generator.generate = wrapper
+    return calls

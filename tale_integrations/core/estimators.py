@@ -21,12 +21,14 @@ from .generation import Generation, Generator, Usage
 from .prompts import EstimationPrompt, estimation_messages
 
 __all__ = [
+    "ESTIMATOR_NAMES",
     "BudgetEstimator",
     "Estimate",
     "EstimatorError",
     "FixedEstimator",
     "FunctionEstimator",
     "ZeroShotEstimator",
+    "get_estimator",
 ]
 
 
@@ -186,3 +188,44 @@ class FunctionEstimator:
         """Async twin of `estimate` (the function runs in a worker thread)."""
         values = await asyncio.gather(*(asyncio.to_thread(self.fn, q) for q in _questions(questions)))
         return [self._one(v) for v in values]
+
+
+#: The names `get_estimator` reads (``"learned:PATH"`` and ``"fixed:N"`` take a value).
+ESTIMATOR_NAMES = ("learned", "learned:PATH", "zero-shot", "fixed:N")
+
+
+def get_estimator(spec: BudgetEstimator | str, generator: Generator | None = None) -> BudgetEstimator:
+    """An estimator from its name, the one spelling every integration accepts.
+
+    - ``"learned"``: the learned estimator shipped in the package (no model call, zero tokens);
+    - ``"learned:PATH"``: a learned estimator fitted with ``tale train estimator`` (a file or its folder);
+    - ``"zero-shot"``: the paper's zero-shot estimator on ``generator`` (the answering model);
+    - ``"fixed:N"``: the same budget N for every question.
+
+    An object that already is an estimator is returned as it is.
+
+    Raises:
+        ValueError: an unknown name, or ``"zero-shot"`` without a generator to ask.
+    """
+    if not isinstance(spec, str):
+        if isinstance(spec, BudgetEstimator):
+            return spec
+        raise TypeError(f"estimator must be a BudgetEstimator or one of {', '.join(ESTIMATOR_NAMES)}; "
+                        f"got {type(spec).__name__}")
+    head, sep, tail = spec.strip().partition(":")
+    head = head.lower()
+    if head == "learned":
+        from .learned import LearnedEstimator, default_learned_estimator
+
+        return LearnedEstimator.load(tail) if sep and tail else default_learned_estimator()
+    if head in ("zero-shot", "zeroshot") and not sep:
+        if generator is None:
+            raise ValueError("estimator='zero-shot' needs a model to ask; pass the generator, or use "
+                             "estimator='learned' (no model call)")
+        return ZeroShotEstimator(generator)
+    if head == "fixed" and sep:
+        try:
+            return FixedEstimator(int(tail))
+        except ValueError:
+            raise ValueError(f"estimator={spec!r}: write fixed:N with N a positive integer") from None
+    raise ValueError(f"unknown estimator {spec!r}; choose from {', '.join(ESTIMATOR_NAMES)}")

@@ -15,7 +15,7 @@ from typing import Any
 
 from .answers import AnswerKind, extract_answer
 from .budget import Budget, BudgetPolicy
-from .estimators import BudgetEstimator, Estimate, EstimatorError, ZeroShotEstimator
+from .estimators import BudgetEstimator, Estimate, EstimatorError, ZeroShotEstimator, get_estimator
 from .generation import FinishReason, Generation, Generator, Usage
 from .prompts import (
     ConversationStyle,
@@ -151,8 +151,9 @@ class TalePipeline:
         generator: The answering model.
         mode: `Mode`: ``"tale-ep"`` (default, or ``"fixed"`` when ``budget`` is given), ``"vanilla"``,
             ``"direct"``.
-        estimator: For ``tale-ep``: any `BudgetEstimator`; default the paper's `ZeroShotEstimator` on
-            the answering model itself.
+        estimator: For ``tale-ep``: any `BudgetEstimator`, or a name (`get_estimator`): ``"learned"`` (the
+            shipped learned estimator: no model call), ``"zero-shot"``, ``"learned:PATH"``, ``"fixed:N"``.
+            Default the paper's `ZeroShotEstimator` on the answering model itself.
         budget: For ``fixed``: the budget for every question.
         policy: `BudgetPolicy` (floor, cap, scale α, fallback). Default ``BudgetPolicy()``.
         format: `QuestionFormat` of the prompt: ``"gsm8k"`` (default), ``"multiple_choice"``, ``"chat"``.
@@ -172,7 +173,7 @@ class TalePipeline:
         generator: Generator,
         *,
         mode: Mode | str | None = None,
-        estimator: BudgetEstimator | None = None,
+        estimator: BudgetEstimator | str | None = None,
         budget: int | None = None,
         policy: BudgetPolicy | None = None,
         format: QuestionFormat | str = QuestionFormat.GSM8K,
@@ -209,6 +210,8 @@ class TalePipeline:
         self.estimation_prompt = EstimationPrompt(estimation_prompt)
         if self.mode is Mode.TALE_EP and estimator is None:
             estimator = ZeroShotEstimator(generator, prompt=self.estimation_prompt)
+        elif isinstance(estimator, str):
+            estimator = get_estimator(estimator, generator)
         self.estimator = estimator
         self.max_tokens = max_tokens
         self.temperature = temperature

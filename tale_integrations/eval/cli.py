@@ -59,6 +59,9 @@ def add_eval_parsers(subparsers: Any) -> None:
                     "(default: the openai SDK's OPENAI_API_KEY)")
     ev.add_argument("--estimator-model", metavar="MODEL", help="tale-ep: estimate budgets with this model instead "
                     "of the answering model (same forms as --model)")
+    ev.add_argument("--estimator", metavar="NAME", help="tale-ep: 'learned' (the shipped learned estimator, no model "
+                    "call), 'learned:PATH' (one fitted with `tale train estimator`) or 'zero-shot' (the paper's, "
+                    "the default); a method can also name its own: tale-ep:learned")
     ev.add_argument("--limit", type=_positive_int, metavar="N", help="the first N valid questions of each dataset")
     ev.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (created; reused to resume)")
     ev.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
@@ -150,7 +153,7 @@ def _print_report(report: Any) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ..core.estimators import ZeroShotEstimator
+    from ..core.estimators import ZeroShotEstimator, get_estimator
     from .datasets import load_dataset
     from .harness import aevaluate, evaluate
     from .methods import OracleBudgets, parse_methods
@@ -167,6 +170,11 @@ def _eval(args: argparse.Namespace) -> int:
                                        device=args.device, batch_size=args.batch_size, seed=args.seed,
                                        temperature=args.temperature)
     estimator = None
+    if args.estimator and args.estimator_model:
+        raise ValueError("pass --estimator or --estimator-model, not both (--estimator-model is the zero-shot "
+                         "estimator on another model)")
+    if args.estimator:
+        estimator = get_estimator(args.estimator, generator)
     if args.estimator_model:
         local = args.estimator_model == "embedded" or os.path.isdir(args.estimator_model)
         estimator_generator, _ = make_generator(args.estimator_model, base_url=None if local else args.base_url,

@@ -5,7 +5,9 @@ Names (`MethodKind`), parsed from strings such as ``"fixed:50"``:
 - ``direct``: the paper's direct-answer prompt (no reasoning).
 - ``vanilla``: chain-of-thought, ``Let's think step by step:``.
 - ``tale-ep``: estimate a budget per question (any `BudgetEstimator`; default the paper's zero-shot
-  estimator on the answering model), then the budgeted prompt.
+  estimator on the answering model), then the budgeted prompt. ``tale-ep:learned``,
+  ``tale-ep:zero-shot`` and ``tale-ep:learned:PATH`` name the estimator in the method itself, so one
+  run can compare estimators (`core.estimators.get_estimator`).
 - ``fixed:B``: the budgeted prompt with the same budget B for every question.
 - ``tale-pt``: a TALE-PT checkpoint asked with the vanilla prompt and no budget (the same prompt as
   ``vanilla``, labelled apart so both can sit in one table).
@@ -60,14 +62,22 @@ _MODES = {MethodKind.DIRECT: Mode.DIRECT, MethodKind.VANILLA: Mode.VANILLA, Meth
 
 @dataclass(frozen=True, slots=True)
 class Method:
-    """A method and its number, if it takes one (``Method(MethodKind.FIXED, 50)`` is ``fixed:50``)."""
+    """A method and its number, if it takes one (``Method(MethodKind.FIXED, 50)`` is ``fixed:50``), or
+    its estimator's name for ``tale-ep`` (``Method(MethodKind.TALE_EP, "learned")`` is ``tale-ep:learned``)."""
 
     kind: MethodKind
-    param: int | None = None
+    param: int | str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", MethodKind(self.kind))
-        if self.kind in _PARAM:
+        if self.kind is MethodKind.TALE_EP and self.param is not None:
+            from ..core.estimators import ESTIMATOR_NAMES
+
+            name = self.param.split(":", 1)[0].lower() if isinstance(self.param, str) else None
+            if name not in ("learned", "zero-shot", "fixed"):
+                raise ValueError(f"method 'tale-ep' takes an estimator name ({', '.join(ESTIMATOR_NAMES)}), "
+                                 f"got tale-ep:{self.param}")
+        elif self.kind in _PARAM:
             if isinstance(self.param, bool) or not isinstance(self.param, int) or self.param < 1:
                 raise ValueError(f"method {self.kind.value!r} needs {_PARAM[self.kind]}: write {self.kind.value}:N")
         elif self.param is not None:
@@ -78,7 +88,8 @@ class Method:
         """Read ``"vanilla"``, ``"fixed:50"``, ``"ccot:100"``... (case-insensitive)."""
         if not isinstance(text, str):
             raise TypeError(f"method must be a str, got {type(text).__name__}")
-        head, sep, tail = text.strip().lower().partition(":")
+        head, sep, tail = text.strip().partition(":")
+        head = head.lower()
         aliases = {"cot": "vanilla", "tale": "tale-ep", "chain-of-draft": "cod", "concise": "be-concise"}
         head = aliases.get(head, head)
         try:
@@ -88,6 +99,8 @@ class Method:
             raise ValueError(f"unknown method {text!r}; choose from {allowed}") from None
         if not sep:
             return cls(kind)
+        if kind is MethodKind.TALE_EP:
+            return cls(kind, tail.strip().lower() if not tail.strip().lower().startswith("learned:") else tail.strip())
         try:
             number = int(tail)
         except ValueError:
@@ -101,7 +114,9 @@ class Method:
 
     @property
     def label(self) -> str:
-        """A label for tables and plots (``"Fixed B=50"``)."""
+        """A label for tables and plots (``"Fixed B=50"``, ``"TALE-EP (learned)"``)."""
+        if self.kind is MethodKind.TALE_EP and self.param is not None:
+            return f"TALE-EP ({self.param})"
         return _LABELS[self.kind].format(n=self.param)
 
     def __str__(self) -> str:
@@ -214,6 +229,10 @@ class MethodRunner:
             raise ValueError("method 'oracle' needs the per-question budgets of a search file (--search-file FILE)")
         self.oracle = oracle
         self.pipeline: TalePipeline | None = None
+        if kind is MethodKind.TALE_EP and self.method.param is not None:
+            from ..core.estimators import get_estimator
+
+            estimator = get_estimator(str(self.method.param), generator)
         if kind in _MODES:
             self.pipeline = TalePipeline(
                 generator, mode=_MODES[kind], budget=self.method.param if kind is MethodKind.FIXED else None,

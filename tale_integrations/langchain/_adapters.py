@@ -29,7 +29,7 @@ from langchain_core.runnables.configurable import DynamicRunnable
 from langchain_core.runnables.fallbacks import RunnableWithFallbacks
 
 from ..core.budget import parse_budget
-from ..core.estimators import BudgetEstimator, Estimate, ZeroShotEstimator
+from ..core.estimators import BudgetEstimator, Estimate, ZeroShotEstimator, get_estimator
 from ..core.generation import FinishReason, Generation, Message, Usage, validate_messages
 from ..core.prompts import EstimationPrompt, QuestionFormat, question_prompt
 
@@ -372,12 +372,18 @@ def as_estimator(
     - None: the paper's zero-shot estimator (`ZeroShotEstimator`) on ``model``, its reply capped at
       ``max_tokens`` and written with the ``prompt`` variant;
     - a chat model: the zero-shot estimator on that model;
-    - a core `BudgetEstimator` (``FixedEstimator``, ``FunctionEstimator``, a learned one...): as is;
+    - a core `BudgetEstimator` (``FixedEstimator``, ``FunctionEstimator``, ``LearnedEstimator``...): as is;
+    - a name: ``"learned"`` (the shipped learned estimator: no model call, zero tokens),
+      ``"learned:PATH"``, ``"fixed:N"`` (`core.estimators.get_estimator`), or ``"zero-shot"`` (as None);
     - any other Runnable, or a plain (sync or async) function ``question -> number``: `RunnableEstimator`.
 
     Raises:
         TypeError: anything else (an int says to use ``budget=N`` instead).
     """
+    if isinstance(estimator, str):
+        if estimator.strip().lower() != "zero-shot":
+            return get_estimator(estimator)
+        estimator = None
     if estimator is None:
         if model is None:
             raise TypeError("the default zero-shot estimator needs a chat model to ask")

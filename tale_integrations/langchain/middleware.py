@@ -68,8 +68,9 @@ class TaleBudgetMiddleware(AgentMiddleware[TaleAgentState[Any], Any]):
 
     Args:
         estimator: None (the paper's zero-shot estimator on the agent's model, asked without tools),
-            a chat model (zero-shot on it), a core `BudgetEstimator`, or a Runnable / function
-            returning a number.
+            a chat model (zero-shot on it), a core `BudgetEstimator`, a Runnable / function
+            returning a number, or a name: ``"learned"`` (the shipped learned estimator: no model
+            call, zero estimator tokens), ``"learned:PATH"``, ``"zero-shot"``, ``"fixed:N"``.
         budget: A fixed budget for every turn (no estimation).
         policy: `BudgetPolicy` (floor, cap, scale α, fallback).
         format: `QuestionFormat` of the rewritten human message; default ``"chat"``.
@@ -123,6 +124,8 @@ class TaleBudgetMiddleware(AgentMiddleware[TaleAgentState[Any], Any]):
         self.on_estimator_error = on_estimator_error
         self.estimation_prompt = EstimationPrompt(estimation_prompt)
         self.estimator_max_tokens = estimator_max_tokens
+        if isinstance(estimator, str) and estimator.strip().lower() == "zero-shot":
+            estimator = None  # the default: zero-shot on the agent's own model
         self._estimator = None if estimator is None else as_estimator(
             estimator, None, prompt=self.estimation_prompt, max_tokens=estimator_max_tokens
         )

@@ -21,7 +21,7 @@ from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.prompts import ChatPromptTemplate
 from llama_index.core.prompts.mixin import PromptDictType, PromptMixin
 
-from ..core.estimators import BudgetEstimator, FixedEstimator, FunctionEstimator, ZeroShotEstimator
+from ..core.estimators import BudgetEstimator, FixedEstimator, FunctionEstimator, ZeroShotEstimator, get_estimator
 from ..core.generation import FinishReason, Generation, Message, Usage, validate_messages
 from ..core.prompts import (
     ESTIMATION_PROMPT_FIGURE,
@@ -260,11 +260,16 @@ def as_estimator(estimator: Any) -> BudgetEstimator:
     - a LlamaIndex LLM, or a core `Generator`: the paper's zero-shot estimator on it (`LlamaIndexEstimator`);
     - a core estimator (``name``, ``estimate``, ``aestimate``): itself;
     - a positive int: the same budget for every question (`FixedEstimator`; the policy still clamps it);
-    - a function ``question -> int | None``: `FunctionEstimator`.
+    - a function ``question -> int | None``: `FunctionEstimator`;
+    - a name: ``"learned"`` (the shipped learned estimator, no model call), ``"learned:PATH"``,
+      ``"fixed:N"`` (`core.estimators.get_estimator`; ``"zero-shot"`` is resolved by the caller, which
+      knows the LLM).
 
     Raises:
         TypeError: none of these.
     """
+    if isinstance(estimator, str):
+        return get_estimator(estimator)
     if isinstance(estimator, BaseLLM):
         return LlamaIndexEstimator(estimator)
     if isinstance(estimator, int) and not isinstance(estimator, bool):

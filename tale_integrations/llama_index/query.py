@@ -99,7 +99,7 @@ class TaleQueryEngine(BaseQueryEngine):
                 raise ValueError("pass either transform= or its settings (estimator, policy, query_template, "
                                  "on_estimator_error), not both")
         else:
-            if estimator is None:
+            if estimator is None or (isinstance(estimator, str) and estimator.strip().lower() == "zero-shot"):
                 # RetrieverQueryEngine has no public accessor for its synthesizer's LLM (0.14).
                 estimator = getattr(getattr(query_engine, "_response_synthesizer", None), "_llm", None)
             transform = TaleQueryTransform(estimator, policy=policy, query_template=query_template,

@@ -60,8 +60,10 @@ class TaleQueryTransform(BaseQueryTransform):
 
     Args:
         estimator: A LlamaIndex LLM (the paper's zero-shot estimator on it), a core
-            `BudgetEstimator` or `Generator`, an int (one budget for all) or a function
-            ``question -> int | None``. Default: ``llm``, else ``Settings.llm``.
+            `BudgetEstimator` or `Generator`, an int (one budget for all), a function
+            ``question -> int | None``, or a name: ``"learned"`` (the shipped learned estimator: no
+            model call, zero tokens), ``"learned:PATH"``, ``"zero-shot"`` (on ``llm``, else
+            ``Settings.llm``). Default: ``"zero-shot"``.
         llm: The LLM to estimate with when no ``estimator`` is given.
         policy: `BudgetPolicy` (floor, cap, scale α, parse-failure fallback). Default ``BudgetPolicy()``.
         query_template: The budgeted query; variables ``{query_str}`` (required), ``{cot_trigger}``
@@ -87,6 +89,8 @@ class TaleQueryTransform(BaseQueryTransform):
         on_estimator_error: str = "raise",
         callback_manager: CallbackManager | None = None,
     ) -> None:
+        if isinstance(estimator, str) and estimator.strip().lower() == "zero-shot":
+            estimator = None
         if estimator is not None and llm is not None:
             raise ValueError("pass estimator= or llm=, not both (llm is the estimator's model when none is given)")
         if policy is not None and not isinstance(policy, BudgetPolicy):

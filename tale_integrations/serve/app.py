@@ -34,6 +34,7 @@ from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse, Response, StreamingResponse  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
+from ..core.estimators import get_estimator  # noqa: E402
 from ..core.generation import PromptTooLongError  # noqa: E402
 from ..core.prompts import QuestionFormat  # noqa: E402
 from .batcher import BatcherClosed, JobCancelled, MicroBatcher  # noqa: E402
@@ -136,6 +137,7 @@ def create_app(
     max_batch_size: int = 16,
     batch_window_ms: float = 10,
     served_model_name: str | None = None,
+    estimator: Any = "zero-shot",
 ) -> FastAPI:
     """An OpenAI-compatible app serving ``generator``.
 
@@ -147,6 +149,9 @@ def create_app(
         max_batch_size: Most requests in one micro-batch (1: one at a time). Default 16.
         batch_window_ms: How long the first waiting request waits for others. Default 10.
         served_model_name: The model name clients must send; default ``generator.model_name``.
+        estimator: The estimator behind ``"tale_budget": "auto"``: ``"zero-shot"`` (default: the paper's,
+            on the served model), ``"learned"`` (the shipped learned estimator: no model call),
+            ``"learned:PATH"``, or a core `BudgetEstimator`.
     """
     for method in ("generate", "stream", "encode_chat"):
         if not callable(getattr(generator, method, None)):
@@ -155,6 +160,8 @@ def create_app(
         raise ValueError(f"max_body_bytes must be a positive int, got {max_body_bytes!r}")
     if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
         raise ValueError("api_key must be a non-empty string or None")
+    zero_shot = isinstance(estimator, str) and estimator.strip().lower() in ("zero-shot", "zeroshot")
+    auto_estimator = None if zero_shot else get_estimator(estimator)
     name = served_model_name or generator.model_name
     batcher = MicroBatcher(generator, max_batch_size=max_batch_size, window_ms=batch_window_ms)
 
@@ -217,7 +224,7 @@ def create_app(
             return None, req.messages, cap
         with _backend_errors():
             plan = await plan_budget(req.messages, req.tale_budget, batcher=batcher, limit=cap,
-                                     enforce=req.tale_enforce, cancel=cancel)
+                                     enforce=req.tale_enforce, cancel=cancel, estimator=auto_estimator)
         return plan, plan.messages, await fit(plan.messages, req)
 
     async def answer(request: Request, req: GenerationRequest) -> Response:

@@ -55,6 +55,9 @@ def add_serve_parser(subparsers: Any) -> None:
                        help="the model name clients send (default: the model folder's name)")
     serve.add_argument("--enforce", action="store_true",
                        help="load the budget enforcer, so requests may ask for tale_enforce: true")
+    serve.add_argument("--estimator", default="zero-shot", metavar="NAME",
+                       help="the estimator behind \"tale_budget\": \"auto\": 'zero-shot' (the paper's, on the served "
+                       "model; default), 'learned' (the shipped learned estimator: no model call) or 'learned:PATH'")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1, this machine only; 0.0.0.0 exposes the server)")
     serve.add_argument("--port", type=_port, default=8000, help="port (default %(default)s)")
@@ -112,7 +115,7 @@ def run_serve(args: argparse.Namespace) -> int:
     generator.load()  # fail before binding the port if the model cannot load
     app = create_app(
         generator, api_key=api_key, max_body_bytes=args.max_body_bytes, max_batch_size=args.max_batch_size,
-        batch_window_ms=args.batch_window_ms, served_model_name=args.served_model_name,
+        batch_window_ms=args.batch_window_ms, served_model_name=args.served_model_name, estimator=args.estimator,
     )
     name = app.state.served_model_name
     if not _is_loopback(args.host) and api_key is None:

@@ -1,8 +1,9 @@
 """TALE on the server side: ``tale_budget`` rewrites the last user message into the budgeted prompt.
 
-``tale_budget: N`` uses N as given; ``tale_budget: "auto"`` first asks the served model itself for
-an estimate (`ZeroShotEstimator`, the paper's TALE-EP; its call joins the micro-batches) and
-clamps it with `BudgetPolicy().resolve`, capped by the request's output limit. The prompt text
+``tale_budget: N`` uses N as given; ``tale_budget: "auto"`` first estimates one: by default by asking
+the served model itself (`ZeroShotEstimator`, the paper's TALE-EP; its call joins the micro-batches),
+or with the estimator the server was started with (``tale serve --estimator learned``: no model call),
+and clamps it with `BudgetPolicy().resolve`, capped by the request's output limit. The prompt text
 comes from ``core.prompts.question_prompt(..., format="chat")``: no prompt string lives here.
 
 The response's ``usage`` is the answer call only; the estimator's usage is reported inside the
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.budget import Budget, BudgetPolicy
-from ..core.estimators import ZeroShotEstimator
+from ..core.estimators import BudgetEstimator, ZeroShotEstimator
 from ..core.generation import Usage
 from ..core.prompts import QuestionFormat, question_prompt
 from .batcher import BatchedGenerator, MicroBatcher
@@ -82,6 +83,7 @@ async def plan_budget(
     enforce: bool = False,
     cancel: threading.Event | None = None,
     policy: BudgetPolicy | None = None,
+    estimator: BudgetEstimator | None = None,
 ) -> TalePlan:
     """Resolve ``tale_budget`` and rewrite the last user message with it.
 
@@ -93,16 +95,17 @@ async def plan_budget(
         enforce: Hold the answer to the budget while decoding.
         cancel: The request's cancel event (the estimate stops when the client goes away).
         policy: Clamping rules for estimates (default `BudgetPolicy()`).
+        estimator: The estimator for ``"auto"`` (default: zero-shot on the served model).
     """
     policy = policy or BudgetPolicy()
     last = max(i for i, m in enumerate(messages) if m["role"] == "user")
     question = messages[last]["content"]
-    estimator = reply = usage = None
+    name = reply = usage = None
     if budget == "auto":
-        zero_shot = ZeroShotEstimator(BatchedGenerator(batcher, cancel=cancel))
-        [estimate] = await zero_shot.aestimate([question])
-        estimator, reply, usage = zero_shot.name, estimate.reply, estimate.usage
-        resolved = policy.resolve(estimate.raw, source=zero_shot.name, limit=limit)
+        chosen = estimator or ZeroShotEstimator(BatchedGenerator(batcher, cancel=cancel))
+        [estimate] = await chosen.aestimate([question])
+        name, reply, usage = chosen.name, estimate.reply, estimate.usage
+        resolved = policy.resolve(estimate.raw, source=chosen.name, limit=limit)
     else:
         assert isinstance(budget, int)
         resolved = policy.fixed(budget, source="caller")
@@ -111,6 +114,6 @@ async def plan_budget(
         rewritten[last] = {"role": "user", "content": question_prompt(question, budget=resolved.tokens,
                                                                       format=QuestionFormat.CHAT)}
     return TalePlan(
-        messages=rewritten, budget=resolved, estimator=estimator, estimator_reply=reply,
+        messages=rewritten, budget=resolved, estimator=name, estimator_reply=reply,
         estimator_usage=usage, enforce=enforce and resolved.tokens is not None,
     )

@@ -20,29 +20,25 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel  #
 from langchain_core.messages import AIMessage  # noqa: E402
 from langchain_core.prompts import ChatPromptTemplate  # noqa: E402
 from langchain_core.runnables import RunnableLambda  # noqa: E402
+from tiny_models import spy  # noqa: E402
 
 from tale_integrations.core.estimators import FixedEstimator, ZeroShotEstimator  # noqa: E402
 from tale_integrations.core.generation import Generator, Usage  # noqa: E402
 from tale_integrations.core.pipeline import TalePipeline  # noqa: E402
 from tale_integrations.langchain import ChatModelGenerator, ChatTaleHF, RunnableEstimator  # noqa: E402
 from tale_integrations.langchain._adapters import (  # noqa: E402
-    accepts_max_tokens, as_estimator, call_configs, check_chat_model, finish_reason, model_max_tokens, to_usage,
-    to_usage_metadata, unwrap_chat_model,
+    accepts_max_tokens,
+    as_estimator,
+    call_configs,
+    check_chat_model,
+    finish_reason,
+    model_max_tokens,
+    to_usage,
+    to_usage_metadata,
+    unwrap_chat_model,
 )
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"}]
-
-
-def spy(generator: Any) -> list[dict[str, Any]]:
-    calls: list[dict[str, Any]] = []
-    original = generator.generate
-
-    def wrapper(prompts, **kwargs):
-        calls.append({"prompts": prompts, **kwargs})
-        return original(prompts, **kwargs)
-
-    generator.generate = wrapper
-    return calls
 
 
 @pytest.fixture()
@@ -204,7 +200,12 @@ def test_as_estimator_accepts_each_kind(sevens, forty):
     assert function.name == "by_length" and function.estimate(["abc"])[0].raw == 3
     with pytest.raises(TypeError, match="budget=40"):
         as_estimator(40, sevens[1])
+    # A string names an estimator: "zero-shot" is the default on the model, "learned" needs no model.
+    assert as_estimator("zero-shot", sevens[1], max_tokens=3).name == "zero-shot:sevens"
+    assert as_estimator("learned", None).name == "learned"
+    with pytest.raises(ValueError, match="unknown estimator 'bogus'"):
+        as_estimator("bogus", sevens[1])
     with pytest.raises(TypeError, match="estimator must be"):
-        as_estimator("zero-shot", sevens[1])
+        as_estimator(object(), sevens[1])
     with pytest.raises(TypeError, match="needs a chat model"):
         as_estimator(None, None)

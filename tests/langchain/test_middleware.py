@@ -25,6 +25,7 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage  # noqa: E402
 from langchain_core.tools import tool  # noqa: E402
 from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
+from tiny_models import spy  # noqa: E402
 
 from tale_integrations.core.budget import BudgetPolicy  # noqa: E402
 from tale_integrations.core.estimators import EstimatorError, FixedEstimator  # noqa: E402
@@ -33,18 +34,6 @@ from tale_integrations.langchain import ChatTaleHF, TaleAgentState, TaleBudgetMi
 
 Q = "What is 2 + 3?"
 BUDGETED = question_prompt(Q, budget=40, format="chat")
-
-
-def spy(generator: Any) -> list[dict[str, Any]]:
-    calls: list[dict[str, Any]] = []
-    original = generator.generate
-
-    def wrapper(prompts, **kwargs):
-        calls.append({"prompts": prompts, **kwargs})
-        return original(prompts, **kwargs)
-
-    generator.generate = wrapper
-    return calls
 
 
 class ToolCallingFake(GenericFakeChatModel):

@@ -21,6 +21,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Sys
 from langchain_core.output_parsers import StrOutputParser  # noqa: E402
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder  # noqa: E402
 from langchain_core.runnables import ConfigurableField, RunnableLambda  # noqa: E402
+from tiny_models import spy  # noqa: E402
 
 from tale_integrations.core.budget import BudgetPolicy  # noqa: E402
 from tale_integrations.core.estimators import EstimatorError, FixedEstimator  # noqa: E402
@@ -29,19 +30,6 @@ from tale_integrations.langchain import ChatTaleHF, TaleRunnable  # noqa: E402
 from tale_integrations.langchain.runnable import REPAIR_PROMPT, repair_prompt  # noqa: E402
 
 Q = "What is 2 + 3?"
-
-
-def spy(generator: Any) -> list[dict[str, Any]]:
-    """Record every ``generate`` call of an HFGenerator (``agenerate`` goes through it too)."""
-    calls: list[dict[str, Any]] = []
-    original = generator.generate
-
-    def wrapper(prompts, **kwargs):
-        calls.append({"prompts": prompts, **kwargs})
-        return original(prompts, **kwargs)
-
-    generator.generate = wrapper
-    return calls
 
 
 class Runs(BaseCallbackHandler):

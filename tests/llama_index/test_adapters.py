@@ -203,6 +203,10 @@ def test_as_estimator(tiny_generator):
     fn = as_estimator(by_length)
     assert isinstance(fn, FunctionEstimator) and fn.name == "by_length"
     assert fn.estimate([Q])[0].raw == 50
-    for bad in ("forty", True, None):
+    for bad in (True, None, object()):
         with pytest.raises(TypeError, match="estimator must be"):
             as_estimator(bad)
+    # A string names an estimator (core.estimators.get_estimator).
+    assert as_estimator("learned").name == "learned"
+    with pytest.raises(ValueError, match="unknown estimator 'forty'"):
+        as_estimator("forty")

@@ -234,7 +234,9 @@ def test_transform_bad_input():
     with pytest.raises(ValueError, match="on_estimator_error"):
         TaleQueryTransform(40, on_estimator_error="ignore")
     with pytest.raises(TypeError, match="estimator must be"):
-        TaleQueryTransform("forty")
+        TaleQueryTransform(object())
+    with pytest.raises(ValueError, match="unknown estimator 'forty'; choose from learned"):
+        TaleQueryTransform("forty")  # a string names an estimator
 
 
 # -- the engine: retrieval raw, synthesis budgeted, usage exact ------------------------------------
