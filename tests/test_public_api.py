@@ -41,6 +41,21 @@ def test_import_loads_no_framework_or_model_library():
     assert proc.stdout.strip() == "[]"
 
 
+def test_the_learned_estimator_predicts_with_no_heavy_import():
+    proc = run_python(
+        """
+        import sys, time
+        from tale_integrations import TalePipeline, FunctionGenerator
+        pipeline = TalePipeline(FunctionGenerator(lambda m, **kw: "so [[7]]"), estimator="learned")
+        result = pipeline.invoke("Tom has 3 apples and buys 4 more. How many apples does he have?")
+        heavy = {"torch", "transformers", "numpy", "langchain_core", "llama_index", "openai", "tiktoken"}
+        print(result.estimator, result.budget.raw > 0, sorted(heavy & {m.split(".")[0] for m in sys.modules}))
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "learned True []"
+
+
 def test_missing_extra_names_the_extra_to_install():
     # Simulate an environment without torch: the hf backend must say which extra installs it.
     proc = run_python(
