@@ -115,7 +115,6 @@ def _ask(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     from .backends.hf import HFGenerator
 
     def progress(message: str) -> None:

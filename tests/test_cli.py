@@ -141,3 +141,13 @@ def test_ask_enforce_holds_the_answer_to_its_budget(tiny_model_dir, capsys):
     tale = data["tale"]
     assert tale["usage"]["output_tokens"] <= 20 + 24
     assert "[[" in tale["text"]
+
+
+def test_ask_keeps_download_progress_bars(tiny_model_dir, capsys):
+    # A `--model org/7B` download must show its progress: the CLI silences no bars globally.
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as hf_logging
+
+    assert main(["ask", "Q?", "--model", str(tiny_model_dir), "--budget", "5", "--max-tokens", "4"]) == 0
+    capsys.readouterr()
+    assert hf_logging.is_progress_bar_enabled() and not are_progress_bars_disabled()

@@ -93,12 +93,45 @@ def _check_base(base: Any, argument: str) -> str:
             )
         _check_weights(path, argument, "*.safetensors")
         return str(path)
+    head = Path(source).parts[0] if Path(source).parts else ""
+    if _is_hub_id(source) and Path(head).expanduser().is_dir():
+        raise FileNotFoundError(
+            f"{argument}={source!r} does not exist; {head}/ is a local folder, so this names a path, not a hub id. "
+            "Pass an existing local Hugging Face model folder"
+        )
     if not _is_hub_id(source):
         raise FileNotFoundError(
             f"{argument}={source!r} does not exist; pass a local Hugging Face model folder, or leave "
             f"model unset to use the embedded {EMBEDDED_MODEL_NAME}"
         )
     return source
+
+
+def check_device(device: Any) -> str:
+    """Validate ``device`` before anything loads: a device torch knows, and present on this machine.
+
+    Raises:
+        ValueError: an unknown device, or a CUDA device on a machine without one (rather than running
+            silently somewhere else).
+    """
+    if not isinstance(device, str) or not device.strip():
+        raise TypeError(f"device must be a string such as 'cpu', 'cuda' or 'cuda:1', got {device!r}")
+    if device == "auto":
+        return device
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device={device!r} is not a device torch knows; pass 'cpu', 'cuda' or 'cuda:N'") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r}, but no CUDA device is available here (torch {torch.__version__}, "
+                f"CUDA build {torch.version.cuda or 'none'}); pass device='cpu' or leave device unset"
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}, but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             f"pass cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def resolve_dtype(dtype: Any, device: str) -> Any:

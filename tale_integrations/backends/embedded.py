@@ -99,7 +99,9 @@ def _convert(gguf: Path, target: Path, fingerprint: str) -> None:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # the de-quantisation's per-tensor bar is noise; restored below
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         loaded = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -125,3 +127,5 @@ def _convert(gguf: Path, target: Path, fingerprint: str) -> None:
             os.replace(staging, target)
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()

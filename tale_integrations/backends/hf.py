@@ -31,7 +31,7 @@ from ..core.tokens import HFTokenizerCounter  # noqa: E402
 from ._hf_cache import supports_fast_path  # noqa: E402
 from ._hf_cpu import can_pack, pack_linears  # noqa: E402
 from ._hf_decode import BatchDecoding  # noqa: E402
-from ._hf_loading import check_source, load_checkpoint, resolve_dtype  # noqa: E402
+from ._hf_loading import check_device, check_source, load_checkpoint, resolve_dtype  # noqa: E402
 from ._hf_stream import TextAssembler, TokenQueue, is_done, stream_text  # noqa: E402
 from .embedded import EMBEDDED_MODEL_NAME, embedded_model_path  # noqa: E402
 
@@ -91,6 +91,7 @@ class HFGenerator(BatchDecoding):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         _check_temperature(temperature)
         if device is not None:
+            check_device(device)  # a missing GPU is an error now, not a silent CPU run later
             resolve_dtype(dtype, device)  # validates dtype early
         elif dtype is not None:
             resolve_dtype(dtype, "cpu")

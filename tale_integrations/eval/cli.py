@@ -121,7 +121,6 @@ def make_generator(spec: str | None, *, base_url: str | None = None, api_key_env
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     from ..backends.hf import HFGenerator
 
     model = None if spec in (None, "", "embedded") else spec

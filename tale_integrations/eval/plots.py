@@ -1,4 +1,4 @@
-"""Plots of an evaluation run (matplotlib, Agg backend: files only, no display).
+"""Plots of an evaluation run (matplotlib figures drawn with Agg to files; pyplot's backend is untouched).
 
 - `plot_accuracy_tokens`: accuracy against mean output tokens, one point per method (95% interval
   as an error bar), one panel per dataset, the Pareto frontier dashed and the oracle budget starred.
@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..core.search import SearchRecord
 from .metrics import MethodMetrics
@@ -30,14 +31,23 @@ def method_order(method: str) -> tuple[int, int, str]:
     return rank, int(param) if param.isdigit() else 0, method
 
 
-def _pyplot():
+def _figure(**kwargs: Any) -> Any:
+    """A figure drawn with Agg, apart from pyplot: the caller's backend (a notebook's) is left alone."""
     from .._optional import require
 
-    matplotlib = require("matplotlib", extra="eval", purpose="the evaluation plots")
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    require("matplotlib", extra="eval", purpose="the evaluation plots")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    return plt
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _colormap(name: str) -> Any:
+    import matplotlib
+
+    return matplotlib.colormaps[name]
 
 
 def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -53,18 +63,18 @@ def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 def plot_accuracy_tokens(metrics: Sequence[MethodMetrics], path: str | os.PathLike[str], *, title: str | None = None
                          ) -> Path:
     """Accuracy (%) against mean output tokens, one panel per dataset; returns the PNG path."""
-    plt = _pyplot()
     metrics = [m for m in metrics if m.n > 0 and not math.isnan(m.output_tokens)]
     if not metrics:
         raise ValueError("no results to plot")
     datasets = list(dict.fromkeys(m.dataset for m in metrics))
     models = list(dict.fromkeys(m.model for m in metrics))
     methods = sorted({m.method for m in metrics}, key=method_order)
-    colors = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    colors = _colormap("tab10" if len(methods) <= 10 else "tab20")
     color_of = {name: colors(i % colors.N) for i, name in enumerate(methods)}
     cols = min(3, len(datasets))
     rows = math.ceil(len(datasets) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
+    fig = _figure(figsize=(5.2 * cols, 4.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     handles: dict[str, object] = {}
     spread = False
     from matplotlib.transforms import offset_copy
@@ -120,19 +130,18 @@ def plot_accuracy_tokens(metrics: Sequence[MethodMetrics], path: str | os.PathLi
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
 def plot_elasticity(records: Sequence[SearchRecord], path: str | os.PathLike[str], *, title: str | None = None) -> Path:
     """Budget asked vs tokens written, from search traces; returns the PNG path."""
-    plt = _pyplot()
     points = [(p.budget, p.tokens, p.correct)
               for r in records for p in r.trace if p.budget is not None and p.tokens > 0]
     vanilla = [r.vanilla_tokens for r in records if r.vanilla_tokens > 0]
     if not points:
         raise ValueError("the search file has no budgeted answers to plot (every search stopped at vanilla CoT)")
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = _figure(figsize=(7, 5))
+    ax = fig.subplots()
     for correct, color, label in ((True, "tab:green", "correct"), (False, "tab:red", "wrong")):
         sel = [(b, t) for b, t, c in points if c is correct]
         if sel:
@@ -171,5 +180,4 @@ def plot_elasticity(records: Sequence[SearchRecord], path: str | os.PathLike[str
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=130)
-    plt.close(fig)
     return path

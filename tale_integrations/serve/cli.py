@@ -99,7 +99,6 @@ def run_serve(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     from ..backends.hf import HFGenerator
     from .app import create_app
 

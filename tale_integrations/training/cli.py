@@ -224,7 +224,6 @@ def _generator(args: argparse.Namespace) -> Any:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     from ..backends.hf import HFGenerator
 
     return HFGenerator(args.model, device=args.device, max_batch_size=args.batch_size, seed=args.seed,
@@ -341,7 +340,6 @@ def _train(args: argparse.Namespace, method: str) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     if method == "sft":
         from .data import load_sft_data as load
         from .sft import SFTConfig as Config

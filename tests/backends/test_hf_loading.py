@@ -84,6 +84,30 @@ def test_missing_adapter_names_the_argument(tiny_model_dir, tmp_path):
         HFGenerator(tiny_model_dir, adapter=tmp_path / "empty")
 
 
+def test_a_missing_local_path_is_never_sent_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    # One slash, like org/name; but models/ is a folder here, so this is a path: fail at once, naming it.
+    with pytest.raises(FileNotFoundError, match=r"model='models/typo' does not exist; models/ is a local folder"):
+        HFGenerator("models/typo")
+    with pytest.raises(FileNotFoundError, match=r"model='models/a/b' does not exist"):
+        HFGenerator("models/a/b")
+    assert HFGenerator("someorg/somemodel").model_name == "somemodel"  # a hub id: checked only when loading
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:3"])
+def test_a_missing_gpu_is_an_error_naming_the_device(tiny_model_dir, device):
+    with pytest.raises(ValueError, match=rf"device='{device}', but no CUDA device is available here"):
+        HFGenerator(tiny_model_dir, device=device)
+
+
+def test_a_bad_device_name_is_an_error(tiny_model_dir):
+    with pytest.raises(ValueError, match="device='gpu' is not a device torch knows"):
+        HFGenerator(tiny_model_dir, device="gpu")
+    assert HFGenerator(tiny_model_dir, device="cpu").device == "cpu"
+
+
 def test_pickle_only_adapter_is_refused(adapter_dir, tmp_path):
     folder = tmp_path / "pickled"
     shutil.copytree(adapter_dir, folder)

@@ -126,6 +126,25 @@ def test_pareto_front_and_method_order():
     assert sorted(names, key=method_order) == ["direct", "vanilla", "cod", "fixed:25", "fixed:100", "tale-ep", "oracle"]
 
 
+def test_plots_leave_the_callers_matplotlib_backend_alone(run_dir):
+    # A notebook's backend must survive a report: the plots draw with Agg on their own figures.
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys, matplotlib
+        matplotlib.use("svg")
+        from tale_integrations.eval.report import write_report
+        write_report({str(run_dir)!r})
+        print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["svg", "False"]
+    assert (run_dir / "accuracy_tokens.png").read_bytes()[:8] == PNG
+
+
 def test_plots_refuse_empty_input(tmp_path):
     with pytest.raises(ValueError, match="no results"):
         plot_accuracy_tokens([], tmp_path / "a.png")
