@@ -12,6 +12,9 @@ DATA_DIR = Path(os.environ.get("TALE_DATA_DIR", Path(__file__).resolve().parents
 
 from tiny_models import SCRIPT_TOKENS, build_tiny_model, build_tiny_tokenizer, script_model  # noqa: F401
 
+#: TALE_REQUIRE_ALL=1 turns a missing extra or data folder into a failure (tests/require_all.py).
+pytest_plugins = ["require_all"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     try:
