@@ -29,6 +29,7 @@ __all__ = [
     "CCOT_TRIGGER",
     "CHAIN_OF_DRAFT_SYSTEM_PROMPT",
     "CHOICE_FORMAT",
+    "DIRECT_CHOICE_INSTRUCTION",
     "DIRECT_INSTRUCTION",
     "ESTIMATION_PROMPT_FIGURE",
     "ESTIMATION_PROMPT_SCRIPTS",
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 #: Bumped whenever a rendered prompt changes; recorded with results so runs stay comparable.
-PROMPT_VERSION = "1"
+PROMPT_VERSION = "2"  # 2: the multiple-choice direct prompt is the scripts' own string
 
 ESTIMATION_SYSTEM_PROMPT = "You are a helpful assistant."
 
@@ -91,6 +92,11 @@ CHOICE_FORMAT = "Please Give the response by strictly following this format: [[c
 DIRECT_INSTRUCTION = (
     "Please answer the following question and give the answer directly without any reasoning process. "
     + NUMERIC_FORMAT
+)
+# The scripts' multiple-choice direct prompt is its own string ("strictLy" is their spelling).
+DIRECT_CHOICE_INSTRUCTION = (
+    "Please answer the following question directly and give the answer directly without any reasoning process. "
+    "Please strictLy follow the format: [[choice]],for example: Choice: [[A]]."
 )
 
 # Ours: the second user turn of the one-conversation style (the first turn is the estimation prompt,
@@ -184,9 +190,19 @@ def question_prompt(
     return f"{body}{format_line}{cot_trigger(budget)}\n"
 
 
-def direct_prompt(question: str) -> str:
-    """The direct-answer baseline: answer with no reasoning, in the ``[[answer]]`` format."""
-    return f"{DIRECT_INSTRUCTION}\nQ: {_check_question(question)}"
+def direct_prompt(
+    question: str, *, format: QuestionFormat | str = QuestionFormat.GSM8K, options: Sequence[str] | None = None
+) -> str:
+    """The direct-answer baseline: answer with no reasoning.
+
+    Numeric questions (``gsm8k`` and ``chat``) ask for ``[[answer]]``; ``multiple_choice`` sends the
+    scripts' own choice prompt: the instruction, then the stem and one line per option, each line
+    ending in a newline, then the template's final newline.
+    """
+    question = _check_question(question)
+    if QuestionFormat(format) is QuestionFormat.MULTIPLE_CHOICE:
+        return f"{DIRECT_CHOICE_INSTRUCTION}\n{question}\n{_options_block(options)}\n\n"
+    return f"{DIRECT_INSTRUCTION}\nQ: {question}"
 
 
 def estimation_messages(
@@ -224,7 +240,7 @@ def answer_messages(
     if direct:
         if budget is not None:
             raise ValueError("a direct-answer prompt takes no budget; pass budget=None")
-        content = direct_prompt(question)
+        content = direct_prompt(question, format=format, options=options)
     else:
         content = question_prompt(question, budget=budget, format=format, options=options)
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []

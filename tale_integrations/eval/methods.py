@@ -33,7 +33,6 @@ from .datasets import Example
 
 __all__ = ["Method", "MethodKind", "MethodRunner", "OracleBudgets", "Outcome", "parse_methods"]
 
-_LETTERS = "ABCDEFGHIJ"
 
 
 class MethodKind(enum.StrEnum):
@@ -187,12 +186,6 @@ def _estimator_model(estimator: Any) -> str | None:
     return getattr(generator, "model_name", None)
 
 
-def _with_options(example: Example) -> str:
-    # The paper's direct prompt has no options line; for multiple choice the options follow the question.
-    options = "\n".join(f"{_LETTERS[i]}. {o}" for i, o in enumerate(example.options or ()))
-    return f"{example.question}\n{options}" if options else example.question
-
-
 class MethodRunner:
     """Runs one method on batches of examples of one dataset with one generator.
 
@@ -246,8 +239,7 @@ class MethodRunner:
     def _items(self, examples: Sequence[Example]) -> tuple[list[dict[str, Any]], list[str | None]]:
         items, statuses = [], []
         for ex in examples:
-            question = _with_options(ex) if self.method.kind is MethodKind.DIRECT else ex.question
-            item: dict[str, Any] = {"question": question, "options": list(ex.options) if ex.options else None}
+            item: dict[str, Any] = {"question": ex.question, "options": list(ex.options) if ex.options else None}
             status = None
             if self.oracle is not None and self.method.kind is MethodKind.ORACLE:
                 budget, status = self.oracle.lookup(ex)

@@ -114,6 +114,19 @@ def test_direct_mode_sends_the_direct_prompt():
     assert result.answer == "7"
 
 
+def test_direct_mode_with_multiple_choice_sends_the_options():
+    sent = []
+
+    def answer(messages, **_):
+        sent.append(messages)
+        return "[[B]]"
+
+    result = TalePipeline(FunctionGenerator(answer), mode="direct", format="multiple_choice").invoke(
+        "Which is even?", options=["3", "4"])
+    assert sent[0][-1]["content"].endswith("[[A]].\nWhich is even?\nA. 3\nB. 4\n\n")
+    assert result.answer == "B"
+
+
 def test_fixed_mode_uses_the_caller_budget_even_below_the_floor():
     result = TalePipeline(echo_generator(), budget=10).invoke("How many?")
     assert result.mode is Mode.FIXED

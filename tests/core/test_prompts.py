@@ -137,6 +137,17 @@ def test_direct_prompt_exact():
     )
 
 
+def test_multiple_choice_direct_prompt_is_the_scripts_own_string():
+    # The scripts' template is "...[[A]].\n{question}\n" with {question} = stem, "\n", one line per option.
+    assert direct_prompt("Which is even?", format="multiple_choice", options=["3", "4", "5", "7"]) == (
+        "Please answer the following question directly and give the answer directly without any reasoning "
+        "process. Please strictLy follow the format: [[choice]],for example: Choice: [[A]].\n"
+        "Which is even?\nA. 3\nB. 4\nC. 5\nD. 7\n\n"
+    )
+    with pytest.raises(ValueError, match="options must be a non-empty list"):
+        direct_prompt("Which is even?", format="multiple_choice")
+
+
 def test_multiple_choice_vanilla_exact():
     text = question_prompt("What is 2 + 2?", format="multiple_choice", options=["3", "4", "5", "22"])
     assert text == (

@@ -162,7 +162,12 @@ def test_multiple_choice_direct_shows_the_options(scripted):
     model = scripted({"Q1": ("[[B]]", 3)})
     item = ex(1, gold="B", kind=AnswerKind.CHOICE, options=("4", "5"))
     out = MethodRunner("direct", model.generator, format="multiple_choice").run([item])[0]
-    assert model.sent[-1][-1]["content"].endswith(f"Q: Q1: {Q}\nA. 4\nB. 5")
+    # The scripts' own multiple-choice direct prompt: its instruction, the stem, the option lines, a blank line.
+    assert model.sent[-1][-1]["content"] == (
+        "Please answer the following question directly and give the answer directly without any reasoning "
+        "process. Please strictLy follow the format: [[choice]],for example: Choice: [[A]].\n"
+        f"Q1: {Q}\nA. 4\nB. 5\n\n"
+    )
     assert out.answer == "B"
     MethodRunner("vanilla", model.generator, format="multiple_choice").run([item])
     assert model.sent[-1][-1]["content"] == f"Q1: {Q}\nA. 4\nB. 5\n{CHOICE_LINE}\nLet's think step by step:\n"

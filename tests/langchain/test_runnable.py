@@ -25,7 +25,7 @@ from tiny_models import spy  # noqa: E402
 
 from tale_integrations.core.budget import BudgetPolicy  # noqa: E402
 from tale_integrations.core.estimators import EstimatorError, FixedEstimator  # noqa: E402
-from tale_integrations.core.prompts import question_prompt  # noqa: E402
+from tale_integrations.core.prompts import PROMPT_VERSION, question_prompt  # noqa: E402
 from tale_integrations.langchain import ChatTaleHF, TaleRunnable  # noqa: E402
 from tale_integrations.langchain.runnable import REPAIR_PROMPT, repair_prompt  # noqa: E402
 
@@ -90,7 +90,7 @@ def test_invoke_budgets_prompt_and_caps_the_answer(est, sevens, tale):
     assert t["answer_usage"] == reply.usage_metadata
     assert t["estimator_usage"]["output_tokens"] == 2  # the zero-shot estimator's reply cap
     assert t["total_usage"]["total_tokens"] == t["estimator_usage"]["total_tokens"] + t["answer_usage"]["total_tokens"]
-    assert t["repaired"] is False and t["prompt_version"] == "1"
+    assert t["repaired"] is False and t["prompt_version"] == PROMPT_VERSION
 
 
 def test_default_estimator_is_zero_shot_on_the_same_model(est):
