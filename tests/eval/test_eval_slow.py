@@ -40,8 +40,13 @@ def test_embedded_model_end_to_end(one_torch_thread, embedded_generator, data_di
     summary = json.loads((run / "summary.json").read_text())
     by_method = {m["method"]: m for m in summary["metrics"]}
     assert set(by_method) == {"vanilla", "tale-ep"}
-    for m in by_method.values():
-        assert m["n"] == 20 and 0 <= m["accuracy"] <= 1 and 0 < m["output_tokens"] <= 64
+    for result in results:  # the summary agrees with the records themselves
+        rows = [json.loads(line) for line in result.path.read_text().splitlines()[1:]]
+        m = by_method[result.method]
+        assert m["n"] == len(rows) == 20
+        assert m["accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / 20)
+        assert m["output_tokens"] == pytest.approx(sum(r["output_tokens"] for r in rows) / 20)
+        assert all(0 < r["output_tokens"] <= 64 for r in rows)
     assert by_method["tale-ep"]["estimator_output_tokens"] is not None and by_method["tale-ep"]["budget_n"] == 20
     assert by_method["vanilla"]["token_reduction"] == 0.0 and by_method["tale-ep"]["token_reduction"] is not None
     assert report.files["elasticity"].endswith("elasticity.png")
