@@ -4,9 +4,9 @@
 requests concurrently on a bounded thread pool over the sync client; ``agenerate`` is truly async
 (``AsyncOpenAI``, ``asyncio.gather`` under a semaphore). Timeouts and bounded retries with
 exponential backoff are the SDK's own (``timeout``, ``max_retries``); an error the SDK gives up on
-propagates to the caller, it is never retried forever (TALE_SPEC §8, defect 6).
+propagates to the caller, it is never retried forever (the paper's scripts retried forever).
 
-Usage is the provider's (``counter="reported"``), cached and reasoning tokens included (defect 5).
+Usage is the provider's (``counter="reported"``), cached and reasoning tokens included (the reference scripts discarded it).
 A server that returns no usage is counted with ``core.tokens.counter_for(model)`` and the counter
 is named in the `Usage`, never a silent zero.
 
@@ -154,7 +154,7 @@ class OpenAIGenerator:
 
     @classmethod
     def paper(cls, model: str, **kwargs: Any) -> OpenAIGenerator:
-        """The paper's sampling settings (TALE_SPEC §2): temperature 0.1, seed 1024, max 1024 tokens.
+        """The paper's sampling settings (Han et al. 2024): temperature 0.1, seed 1024, max 1024 tokens.
 
         ``kwargs`` are other constructor arguments and may override any of the three.
         """

@@ -74,7 +74,7 @@ def run_header(
 
 
 def is_answer_correct(example: Example, outcome: Outcome) -> bool:
-    """Check an outcome against the gold (TALE_SPEC §5): the numeric or the choice rule."""
+    """Check an outcome against the gold (the paper's checking rules, `core.answers`): the numeric or the choice rule."""
     if example.kind is AnswerKind.CHOICE:
         return choices_match(outcome.answer, example.gold)
     return answers_match(outcome.answer, example.gold, text=outcome.text)

@@ -4,7 +4,7 @@ The budget goes into the model *request* only: ``wrap_model_call`` rewrites the 
 message of the request (``request.override(messages=...)``), so the conversation saved in the
 agent state keeps the user's own words.
 
-Tool loops (the decision the issue left open): the budget is estimated once per human turn, on
+Tool loops (a design choice, explained here): the budget is estimated once per human turn, on
 the turn's first model call, and recorded in the state (``tale_budgets``). Every later model call
 of the same turn (after a tool call, with tool results) reuses that budget without estimating
 again and sends the same rewritten human message, so the model sees one consistent conversation

@@ -10,7 +10,7 @@
   the question prompt **without** any budget (`answer_messages(question)`); the SFT target and the
   DPO chosen side are the answer under the optimal budget, the DPO rejected side the vanilla CoT
   answer. Records without an accepted budget, or whose vanilla answer was wrong, are left out and
-  counted in `DataStats` (TALE_SPEC §8: never train on them).
+  counted in `DataStats` (never trained on: they have no accepted budget).
 - `write_jsonl` / `read_sft_records` / `read_dpo_records` / `load_sft_data` / `load_dpo_data` read
   and write the records, with errors that name the file and line at fault (`DataStats`,
   `budget_stats` and the JSONL helpers live in `_common` and are re-exported here).

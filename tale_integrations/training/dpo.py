@@ -1,5 +1,5 @@
 """TALE-PT with DPO: prefer the model's optimal-budget answer (chosen) over its vanilla CoT answer
-(rejected) for the budget-free question prompt (Han et al. 2024, §4 of TALE_SPEC).
+(rejected) for the budget-free question prompt (TALE-PT, Han et al. 2024).
 
 The reference model is the policy itself with its LoRA adapter disabled (``with
 model.disable_adapter():``), so no second copy of the base is held in memory. The adapter's B

@@ -1,8 +1,8 @@
 """TALE-PT with LoRA SFT: teach a model to answer the budget-free question prompt the way it
-answered under its searched optimal budget (Han et al. 2024, §4 of TALE_SPEC).
+answered under its searched optimal budget (TALE-PT, Han et al. 2024).
 
 The loss covers the target tokens only: the answer and the end-of-turn token. Prompt and padding
-positions carry the label -100 and are ignored (the reference scripts trained on them, defect 3).
+positions carry the label -100 and are ignored (the reference scripts trained on them).
 This module also holds what DPO reuses: tokenisation, LoRA model loading and run preparation; the
 loop itself is `checkpoints.run`.
 
