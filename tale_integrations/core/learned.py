@@ -50,7 +50,9 @@ __all__ = [
     "LearnedEstimatorError",
     "TargetKind",
     "default_learned_estimator",
+    "pairs_from",
     "prediction_quality",
+    "question_shape",
 ]
 
 FORMAT = "tale-learned-estimator"
