@@ -29,6 +29,7 @@ __all__ = [
     "FunctionEstimator",
     "ZeroShotEstimator",
     "get_estimator",
+    "is_zero_shot",
 ]
 
 
@@ -194,6 +195,12 @@ class FunctionEstimator:
 ESTIMATOR_NAMES = ("learned", "learned:PATH", "zero-shot", "fixed:N")
 
 
+def is_zero_shot(spec: object) -> bool:
+    """Whether ``spec`` is the name of the paper's zero-shot estimator (``"zero-shot"``), which an
+    integration builds on its own model rather than through `get_estimator`."""
+    return isinstance(spec, str) and spec.strip().lower() in ("zero-shot", "zeroshot")
+
+
 def get_estimator(spec: BudgetEstimator | str, generator: Generator | None = None) -> BudgetEstimator:
     """An estimator from its name, the one spelling every integration accepts.
 
@@ -218,7 +225,7 @@ def get_estimator(spec: BudgetEstimator | str, generator: Generator | None = Non
         from .learned import LearnedEstimator, default_learned_estimator
 
         return LearnedEstimator.load(tail) if sep and tail else default_learned_estimator()
-    if head in ("zero-shot", "zeroshot") and not sep:
+    if is_zero_shot(spec):
         if generator is None:
             raise ValueError("estimator='zero-shot' needs a model to ask; pass the generator, or use "
                              "estimator='learned' (no model call)")

@@ -29,7 +29,7 @@ from langchain_core.runnables.configurable import DynamicRunnable
 from langchain_core.runnables.fallbacks import RunnableWithFallbacks
 
 from ..core.budget import parse_budget
-from ..core.estimators import BudgetEstimator, Estimate, ZeroShotEstimator, get_estimator
+from ..core.estimators import BudgetEstimator, Estimate, ZeroShotEstimator, get_estimator, is_zero_shot
 from ..core.generation import FinishReason, Generation, Message, Usage, validate_messages
 from ..core.prompts import EstimationPrompt, QuestionFormat, question_prompt
 
@@ -380,10 +380,10 @@ def as_estimator(
     Raises:
         TypeError: anything else (an int says to use ``budget=N`` instead).
     """
-    if isinstance(estimator, str):
-        if estimator.strip().lower() != "zero-shot":
-            return get_estimator(estimator)
+    if is_zero_shot(estimator):
         estimator = None
+    elif isinstance(estimator, str):
+        return get_estimator(estimator)
     if estimator is None:
         if model is None:
             raise TypeError("the default zero-shot estimator needs a chat model to ask")

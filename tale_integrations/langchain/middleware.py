@@ -32,7 +32,7 @@ from langgraph.types import Command
 from typing_extensions import NotRequired
 
 from ..core.budget import Budget, BudgetPolicy
-from ..core.estimators import BudgetEstimator, Estimate, EstimatorError
+from ..core.estimators import BudgetEstimator, Estimate, EstimatorError, is_zero_shot
 from ..core.prompts import EstimationPrompt, QuestionFormat
 from ._adapters import (
     ESTIMATE_TAG, NOSTREAM_TAG, accepts_max_tokens, as_estimator, budgeted_messages, call_configs, last_human_index,
@@ -124,7 +124,7 @@ class TaleBudgetMiddleware(AgentMiddleware[TaleAgentState[Any], Any]):
         self.on_estimator_error = on_estimator_error
         self.estimation_prompt = EstimationPrompt(estimation_prompt)
         self.estimator_max_tokens = estimator_max_tokens
-        if isinstance(estimator, str) and estimator.strip().lower() == "zero-shot":
+        if is_zero_shot(estimator):
             estimator = None  # the default: zero-shot on the agent's own model
         self._estimator = None if estimator is None else as_estimator(
             estimator, None, prompt=self.estimation_prompt, max_tokens=estimator_max_tokens

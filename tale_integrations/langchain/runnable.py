@@ -64,7 +64,8 @@ class TaleRunnable(FlowDrivers, RunnableSerializable[TaleInput, AIMessage]):
         estimator: None (the paper's zero-shot estimator on ``model``), another chat model (zero-shot
             on it), a core `BudgetEstimator`, a Runnable / function returning a number, or a name:
             ``"learned"`` (the shipped learned estimator: no model call, zero estimator tokens),
-            ``"learned:PATH"``, ``"zero-shot"``, ``"fixed:N"``. Garbage from it (no number) triggers the policy's parse-failure rule, recorded in ``budget_adjusted``.
+            ``"learned:PATH"``, ``"zero-shot"``, ``"fixed:N"``. Garbage from it (no number) triggers the
+            policy's parse-failure rule, recorded in ``budget_adjusted``.
         budget: A fixed budget for every call (no estimation); a dict input's ``budget`` wins.
         policy: `BudgetPolicy` (floor, cap, scale α, fallback); a dict is accepted.
         format: `QuestionFormat` of the prompt: ``"chat"`` (default: the question and the trigger),

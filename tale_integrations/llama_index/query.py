@@ -32,6 +32,7 @@ from llama_index.core.response_synthesizers.no_text import NoText
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
 from ..core.budget import BudgetPolicy
+from ..core.estimators import is_zero_shot
 from ._adapters import update_prompts_nested
 from .events import CallRecorder, TaleRun, finish_astream, finish_stream
 from .transform import TALE_QUERY_TMPL, TaleQueryTransform, question_of
@@ -99,7 +100,7 @@ class TaleQueryEngine(BaseQueryEngine):
                 raise ValueError("pass either transform= or its settings (estimator, policy, query_template, "
                                  "on_estimator_error), not both")
         else:
-            if estimator is None or (isinstance(estimator, str) and estimator.strip().lower() == "zero-shot"):
+            if estimator is None or is_zero_shot(estimator):
                 # RetrieverQueryEngine has no public accessor for its synthesizer's LLM (0.14).
                 estimator = getattr(getattr(query_engine, "_response_synthesizer", None), "_llm", None)
             transform = TaleQueryTransform(estimator, policy=policy, query_template=query_template,

@@ -20,7 +20,7 @@ from llama_index.core.schema import QueryBundle
 from llama_index.core.settings import Settings
 
 from ..core.budget import Budget, BudgetPolicy
-from ..core.estimators import Estimate, EstimatorError
+from ..core.estimators import Estimate, EstimatorError, is_zero_shot
 from ..core.prompts import TALE_QUERY_TEMPLATE, cot_trigger
 from ._adapters import LlamaIndexEstimator, LlamaIndexGenerator, as_estimator, check_template, to_chat_messages
 from .events import TaleBudgetEvent, TaleCall, TaleRun, report_llm_call
@@ -89,7 +89,7 @@ class TaleQueryTransform(BaseQueryTransform):
         on_estimator_error: str = "raise",
         callback_manager: CallbackManager | None = None,
     ) -> None:
-        if isinstance(estimator, str) and estimator.strip().lower() == "zero-shot":
+        if is_zero_shot(estimator):
             estimator = None
         if estimator is not None and llm is not None:
             raise ValueError("pass estimator= or llm=, not both (llm is the estimator's model when none is given)")

@@ -34,7 +34,7 @@ from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse, Response, StreamingResponse  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
-from ..core.estimators import get_estimator  # noqa: E402
+from ..core.estimators import get_estimator, is_zero_shot  # noqa: E402
 from ..core.generation import PromptTooLongError  # noqa: E402
 from ..core.prompts import QuestionFormat  # noqa: E402
 from .batcher import BatcherClosed, JobCancelled, MicroBatcher  # noqa: E402
@@ -160,8 +160,7 @@ def create_app(
         raise ValueError(f"max_body_bytes must be a positive int, got {max_body_bytes!r}")
     if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
         raise ValueError("api_key must be a non-empty string or None")
-    zero_shot = isinstance(estimator, str) and estimator.strip().lower() in ("zero-shot", "zeroshot")
-    auto_estimator = None if zero_shot else get_estimator(estimator)
+    auto_estimator = None if is_zero_shot(estimator) else get_estimator(estimator)
     name = served_model_name or generator.model_name
     batcher = MicroBatcher(generator, max_batch_size=max_batch_size, window_ms=batch_window_ms)
 
