@@ -8,8 +8,15 @@
    keeping every sample whose search found a budget;
 3. LoRA SFT on (prompt without budget -> answer under the optimal budget); with ``--dpo`` also DPO;
 4. answer the held-out questions with vanilla CoT (base model) and with the TALE-PT model (the
-   same budget-free prompt), greedy; report ACC and mean output tokens beside the paper's Table 5
-   (Llama-3.1-8B-Instruct, GSM8K-Zero).
+   same budget-free prompt), greedy; report ACC (95% Wilson interval) and mean output tokens beside
+   the paper's Table 5 (Llama-3.1-8B-Instruct, GSM8K-Zero), with the degenerate answers beside ACC:
+   the share that copies the prompt's format example (50) and the share whose number already stands
+   in the question (GSM8K-Zero's questions contain their answer);
+5. the same two models on the first ``--test-questions`` GSM8K test questions, whose answers are not
+   in the question.
+
+Several seeds, then their spread: run the command once per seed, then ``--summarize`` reads every
+``seed-*`` folder of one setting and writes ``benchmarks/results/tale_pt_smollm2.json``.
 
 Every stage resumes: the search file, the training folders and the per-model answer files live
 under ``runs/tale_pt_smollm2/seed-N/`` (gitignored), and rerunning the same command continues a
@@ -17,14 +24,17 @@ killed run. Results go to ``results.json`` there.
 
     python benchmarks/tale_pt_smollm2.py --seed 0             # full size (~1 h budget on 2 cores)
     python benchmarks/tale_pt_smollm2.py --questions 4 --max-tokens 16   # a smoke run of every stage
+    python benchmarks/tale_pt_smollm2.py --attempts 4 --summarize        # spread over the seeds run
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,6 +45,7 @@ from tale_integrations.core.prompts import PROMPT_VERSION, answer_messages
 from tale_integrations.core.records import RecordFile
 from tale_integrations.core.search import SearchStatus, search_to_file
 from tale_integrations.core.tokens import TiktokenCounter
+from tale_integrations.eval.metrics import copies_format_example, restates_question
 from tale_integrations.training.data import budget_stats, load_questions, sample_items, split_by_hash
 
 #: The paper's Table 5, GSM8K-Zero rows (Llama-3.1-8B-Instruct; tokens counted with cl100k_base).
@@ -52,6 +63,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--attempts", type=int, default=1,
                    help="answers sampled per halved budget in the search (default 1, the paper; see core.search)")
     p.add_argument("--eval-questions", type=int, default=160, help="held-out questions evaluated (default 160)")
+    p.add_argument("--test-questions", type=int, default=160,
+                   help="first GSM8K test questions also evaluated (default 160; 0: none)")
+    p.add_argument("--summarize", action="store_true",
+                   help="only read the finished seeds of this setting and write their spread")
     p.add_argument("--questions", type=int, help="shorthand: this many train and held-out questions (smoke runs)")
     p.add_argument("--held-out", type=float, default=0.2, help="held-out share of the hash split (default 0.2)")
     p.add_argument("--max-tokens", type=int, default=256, help="output cap of every answer (default 256)")
@@ -67,7 +82,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args()
     if args.questions:
-        args.train_questions = args.eval_questions = args.questions
+        args.train_questions = args.eval_questions = args.test_questions = args.questions
     return args
 
 
@@ -106,6 +121,14 @@ class StepLines:
         return await self.generator.agenerate(prompts, **kwargs)
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of a proportion, in percent."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(100 * (centre - half), 2), round(100 * (centre + half), 2)]
+
+
 def evaluate(generator: Any, items: list[Any], path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Greedy answers to the budget-free prompt, stored per question (resumable), and their metrics."""
     header = {"kind": "tale-pt-eval", "model": generator.model_name, "max_tokens": args.max_tokens,
@@ -118,16 +141,24 @@ def evaluate(generator: Any, items: list[Any], path: Path, args: argparse.Namesp
         gens = generator.generate([answer_messages(it.question) for it in part], max_tokens=args.max_tokens,
                                   temperature=0.0)
         for it, g in zip(part, gens):
-            correct = answers_match(extract_answer(g.text, AnswerKind.NUMERIC), it.gold, text=g.text)
-            store.append({"id": it.id, "text": g.text, "tokens": g.usage.output_tokens, "correct": correct,
-                          "finish_reason": g.finish_reason})
+            answer = extract_answer(g.text, AnswerKind.NUMERIC)
+            correct = answers_match(answer, it.gold, text=g.text)
+            store.append({"id": it.id, "text": g.text, "answer": answer, "tokens": g.usage.output_tokens,
+                          "correct": correct, "finish_reason": g.finish_reason})
         print(f"    {generator.model_name}: {min(start + chunk, len(todo))}/{len(todo)} answered", flush=True)
     rows = [store.records[it.id] for it in items]
     cl100k = TiktokenCounter()
-    n = len(rows)
+    n, k = len(rows), sum(r["correct"] for r in rows)
+    copied = [copies_format_example(r["answer"]) for r in rows]
+    restated = [restates_question(r["answer"], it.question) for r, it in zip(rows, items, strict=True)]
     return {
         "questions": n,
-        "acc": round(100 * sum(r["correct"] for r in rows) / n, 2),
+        "acc": round(100 * k / n, 2),
+        "acc_95": wilson(k, n),
+        "copied_example": round(sum(copied) / n, 4),
+        "restated_number": round(sum(restated) / n, 4),
+        "correct_and_restated": round(sum(r["correct"] and x for r, x in zip(rows, restated, strict=True)) / n, 4),
+        "gold_in_question": round(sum(restates_question(it.gold, it.question) for it in items) / n, 4),
         "mean_output_tokens": round(sum(r["tokens"] for r in rows) / n, 2),
         "mean_output_tokens_cl100k": round(sum(cl100k.count(r["text"]) for r in rows) / n, 2),
         "truncated": round(sum(r["finish_reason"] == "length" for r in rows) / n, 4),
@@ -160,8 +191,52 @@ def train_stage(clock: Clock, method: str, search_file: Path, out: Path, args: a
             "hyperparameters": config.to_dict(), "out_dir": str(out)}
 
 
+def summarize(args: argparse.Namespace) -> int:
+    """Spread over the finished seeds of one setting (same --attempts): per seed, and median / min / max."""
+    suffix = f"-attempts-{args.attempts}" if args.attempts > 1 else ""
+    runs = sorted(args.results_dir.glob(f"seed-*{suffix}/results.json"))
+    runs = [json.loads(p.read_text()) for p in runs if p.parent.name.endswith(suffix) and
+            (suffix or "-attempts-" not in p.parent.name)]
+    if not runs:
+        raise SystemExit(f"no finished seed under {args.results_dir} with --attempts {args.attempts}")
+    keys = ("acc", "mean_output_tokens", "mean_output_tokens_cl100k", "copied_example", "restated_number", "truncated")
+    spread: dict[str, Any] = {}
+    for table in ("evaluation", "evaluation_gsm8k_test"):
+        per_method: dict[str, Any] = {}
+        for run in runs:
+            methods = run[table]["methods"] if table == "evaluation_gsm8k_test" else run[table]
+            for name, m in methods.items():
+                per_method.setdefault(name, {k: [] for k in keys + ("token_ratio",)})
+                for k in keys:
+                    per_method[name][k].append(m[k])
+                base = methods["vanilla CoT"]["mean_output_tokens"]
+                per_method[name]["token_ratio"].append(round(m["mean_output_tokens"] / base, 4))
+        spread[table] = {name: {k: {"runs": v, "median": statistics.median(v), "min": min(v), "max": max(v)}
+                                for k, v in d.items()} for name, d in per_method.items()}
+    out = {"benchmark": "tale_pt_smollm2", "seeds": [r["seed"] for r in runs], "attempts": args.attempts,
+           "per_seed": [{"seed": r["seed"], "search": r["search"], "evaluation": r["evaluation"],
+                         "evaluation_gsm8k_test": r["evaluation_gsm8k_test"],
+                         "training": {k: {x: v.get(x) for x in ("data", "steps", "final_loss", "hyperparameters")}
+                                      for k, v in r["training"].items()},
+                         "seconds": r["total_seconds_this_invocation"]} for r in runs],
+           "spread": spread, "settings": runs[0]["settings"], "machine": runs[0]["machine"],
+           "paper_table5_gsm8k_zero_llama31_8b": runs[0]["paper_table5_gsm8k_zero_llama31_8b"]}
+    target = Path(__file__).resolve().parent / "results" / "tale_pt_smollm2.json"
+    target.write_text(json.dumps(out, indent=1) + "\n")
+    for table, title in (("evaluation", "GSM8K-Zero held-out"), ("evaluation_gsm8k_test", "GSM8K test")):
+        print(f"\n{title}, seeds {out['seeds']}: median [min, max]")
+        for name, d in spread[table].items():
+            cells = "  ".join(f"{k} {d[k]['median']:.3g} [{d[k]['min']:.3g}, {d[k]['max']:.3g}]"
+                              for k in ("acc", "mean_output_tokens", "token_ratio", "copied_example", "restated_number"))
+            print(f"  {name:<14} {cells}")
+    print(f"\nwritten: {target}")
+    return 0
+
+
 def main() -> int:
     args = parse_args()
+    if args.summarize:
+        return summarize(args)
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -221,13 +296,17 @@ def main() -> int:
     for method, name in (("sft", "TALE-PT SFT"), ("dpo", "TALE-PT DPO")):
         if method in training and "skipped" not in training[method]:
             models[name] = run_dir / method / "merged"
-    evaluation = {}
+    test = load_questions("gsm8k-test", data_dir=args.data_dir)[: args.test_questions]
+    evaluation, evaluation_test = {}, {}
     for name, path in models.items():
         generator = HFGenerator(path, max_batch_size=args.batch_size, device="cpu",
                                 model_name=None if path is None else f"tale-pt-{path.parent.name}")
         slug = name.lower().replace(" ", "-")
-        answers = run_dir / f"eval-{slug}.jsonl"
-        evaluation[name] = clock.run(f"evaluate {name}", evaluate, generator, held, answers, args)
+        evaluation[name] = clock.run(f"evaluate {name}", evaluate, generator, held, run_dir / f"eval-{slug}.jsonl",
+                                     args)
+        if test:
+            evaluation_test[name] = clock.run(f"evaluate {name} on GSM8K test", evaluate, generator, test,
+                                              run_dir / f"eval-gsm8k-test-{slug}.jsonl", args)
 
     results = {
         "benchmark": "tale_pt_smollm2", "seed": args.seed, "model": "SmolLM2-135M-Instruct (embedded)",
@@ -235,6 +314,7 @@ def main() -> int:
                                            "eval_questions": len(held)},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "search": search_summary, "training": training, "evaluation": evaluation,
+        "evaluation_gsm8k_test": {"questions": len(test), "methods": evaluation_test},
         "paper_table5_gsm8k_zero_llama31_8b": {k: {"acc": a, "mean_output_tokens_cl100k": t}
                                                for k, (a, t) in PAPER.items()},
         "token_counters": {"mean_output_tokens": "SmolLM2 tokenizer (generated ids)",
@@ -245,11 +325,16 @@ def main() -> int:
     }
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
-    print(f"\n{'method':<14} {'ACC':>8} {'tokens':>8} {'cl100k':>8}   paper (Llama-3.1-8B): ACC / cl100k tokens")
-    for name, m in evaluation.items():
-        acc, tok = PAPER[name]
-        print(f"{name:<14} {m['acc']:>7.2f}% {m['mean_output_tokens']:>8.1f} {m['mean_output_tokens_cl100k']:>8.1f}   "
-              f"{acc:.2f}% / {tok:.2f}")
+    for title, table in (("GSM8K-Zero held-out", evaluation), ("GSM8K test", evaluation_test)):
+        if not table:
+            continue
+        print(f"\n{title}\n{'method':<14} {'ACC':>8} {'95% CI':>15} {'tokens':>8} {'cl100k':>8} {'copied':>7} "
+              f"{'restated':>8}   paper (Llama-3.1-8B, GSM8K-Zero): ACC / cl100k tokens")
+        for name, m in table.items():
+            acc, tok = PAPER[name]
+            print(f"{name:<14} {m['acc']:>7.2f}% {m['acc_95'][0]:>6.1f}-{m['acc_95'][1]:.1f}% "
+                  f"{m['mean_output_tokens']:>8.1f} {m['mean_output_tokens_cl100k']:>8.1f} "
+                  f"{100 * m['copied_example']:>6.1f}% {100 * m['restated_number']:>7.1f}%   {acc:.2f}% / {tok:.2f}")
     print(f"\nresults: {run_dir / 'results.json'} ({clock.elapsed():.0f}s this invocation)")
     return 0
 

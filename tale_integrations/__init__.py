@@ -25,7 +25,7 @@ from .core.estimators import (
 from .core.generation import FunctionGenerator, Generation, Generator, PromptTooLongError, Usage
 from .core.learned import LearnedEstimator
 from .core.pipeline import Mode, TalePipeline, TaleResult
-from .core.prompts import ConversationStyle, EstimationPrompt, QuestionFormat
+from .core.prompts import ConversationStyle, EstimationPrompt, PromptStyle, QuestionFormat
 from .core.tokens import HFTokenizerCounter, TiktokenCounter, TokenCounter, counter_for
 
 __version__ = "0.1.0"
@@ -48,6 +48,7 @@ __all__ = [
     "LearnedEstimator",
     "Mode",
     "OnParseFailure",
+    "PromptStyle",
     "PromptTooLongError",
     "QuestionFormat",
     "TalePipeline",

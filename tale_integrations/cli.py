@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument(
         "--format", choices=[f.value for f in QuestionFormat if f is not QuestionFormat.MULTIPLE_CHOICE],
         default=QuestionFormat.CHAT.value,
-        help="prompt format: 'chat' (free-form, default) or 'gsm8k' (asks for a [[number]] answer)",
+        help="prompt format: 'chat' (free-form, default), 'gsm8k' (asks for a [[number]] answer) or 'cloze' "
+             "(Q: ... then the trigger, the paper's MathBench arithmetic prompt)",
     )
     ask.add_argument("--max-tokens", type=_positive_int, default=512, metavar="N", help="hard cap on answer tokens (default 512)")
     ask.add_argument("--min-budget", type=_positive_int, default=BudgetPolicy().min_budget, metavar="N",

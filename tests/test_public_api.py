@@ -12,7 +12,7 @@ EXPECTED = {
     "AnswerKind", "Budget", "BudgetEstimator", "BudgetPolicy", "ConversationStyle", "Estimate",
     "EstimationPrompt", "EstimatorError", "FixedEstimator", "FunctionEstimator", "FunctionGenerator",
     "LearnedEstimator",
-    "Generation", "Generator", "HFTokenizerCounter", "Mode", "OnParseFailure", "PromptTooLongError",
+    "Generation", "Generator", "HFTokenizerCounter", "Mode", "OnParseFailure", "PromptStyle", "PromptTooLongError",
     "QuestionFormat", "TalePipeline", "TaleResult", "TiktokenCounter", "TokenCounter", "Usage",
     "ZeroShotEstimator", "__version__", "counter_for", "extract_answer", "is_correct", "parse_budget",
 }

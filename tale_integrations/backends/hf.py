@@ -63,6 +63,9 @@ class HFGenerator(BatchDecoding):
             faster decoding in the same memory; inference only, see ``_hf_cpu``). Default: on for float32
             models this object loads on CPU, off for `from_model` (whose model stays as given).
         progress: Called with one-line status messages (the embedded model's first-run conversion).
+        chat_template: A Jinja chat template used instead of the tokenizer's own (which is left as it
+            is), e.g. ``core.prompts.PAPER_CHAT_TEMPLATE`` (the reference scripts' raw prompt). Default:
+            the model's.
     """
 
     #: Tells `TalePipeline` that `generate` takes per-prompt ``budgets``.
@@ -85,7 +88,10 @@ class HFGenerator(BatchDecoding):
         trust_remote_code: bool = False,
         pack_weights: bool | None = None,
         progress: Callable[[str], None] | None = None,
+        chat_template: str | None = None,
     ) -> None:
+        if chat_template is not None and (not isinstance(chat_template, str) or not chat_template.strip()):
+            raise ValueError("chat_template must be a non-empty Jinja template string, or None for the model's own")
         for name, value in (("max_new_tokens", max_new_tokens), ("max_batch_size", max_batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -114,6 +120,7 @@ class HFGenerator(BatchDecoding):
         self.trust_remote_code = trust_remote_code
         self.pack_weights = pack_weights
         self.progress = progress
+        self.chat_template = chat_template
         if model_name is not None:
             self.model_name = model_name
         elif self._source.adapter is not None:
@@ -161,7 +168,7 @@ class HFGenerator(BatchDecoding):
         return self
 
     def _install(self, model: Any, tokenizer: Any, *, pack: bool) -> None:
-        if not getattr(tokenizer, "chat_template", None):
+        if self.chat_template is None and not getattr(tokenizer, "chat_template", None):
             raise ValueError(
                 f"the tokenizer of {self.model_name!r} has no chat template; set tokenizer.chat_template "
                 "(a Jinja template) before wrapping it, or use an instruct model"
@@ -221,7 +228,7 @@ class HFGenerator(BatchDecoding):
         """Token ids of one conversation under the chat template, with the assistant turn opened."""
         conversation = validate_messages([messages])[0]
         encoded = self.tokenizer.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=True, return_dict=True
+            conversation, add_generation_prompt=True, tokenize=True, return_dict=True, chat_template=self.chat_template
         )
         return list(encoded["input_ids"])
 

@@ -17,7 +17,7 @@ from fractions import Fraction
 
 __all__ = [
     "AnswerKind", "answers_match", "choices_match", "extract_answer", "extract_choice",
-    "extract_numeric", "gsm8k_gold", "gsm8k_zero_gold", "is_correct", "normalize_number",
+    "extract_numeric", "gsm8k_gold", "gsm8k_zero_gold", "is_correct", "normalize_number", "numbers_in",
 ]
 
 _MAX_EXPR_CHARS, _MAX_EXPONENT, _MAX_DIGITS, _MAX_DEPTH = 200, 50, 100, 50
@@ -78,6 +78,12 @@ def normalize_number(s: str) -> str:
         s = s.rsplit("####", 1)[1]
     s = _THOUSANDS_RE.sub("", s.replace("\\$", "").replace("$", "")).strip()
     return s[:-1].rstrip() if s.endswith(".") else s
+
+
+def numbers_in(text: str) -> list[str]:
+    """Every number-like token of ``text``, normalised, in order (``"1,000 and 3.5."`` -> ``["1000", "3.5"]``)."""
+    _require_str(text, "text")
+    return [n for n in (normalize_number(m) for m in _NUMBER_RE.findall(text)) if n]
 
 
 def extract_numeric(text: str) -> str | None:

@@ -111,6 +111,10 @@ class BudgetPolicy:
         on_parse_failure: `OnParseFailure`: ``"default"`` (use ``fallback_budget``) or
             ``"vanilla"`` (no budget). Default ``"default"``.
         fallback_budget: The budget used when the estimate is missing. Default 128.
+        lenient_parse: Let a model estimator also read ``[[ 40 ]]``, ``[[1,000]]`` and ``Budget: 40``
+            (`parse_budget`); False reads only the paper's ``[[<digits>]]``. Default True.
+
+    `BudgetPolicy.paper` is the reference scripts' policy (no floor, strict parsing).
     """
 
     min_budget: int = 20
@@ -118,6 +122,24 @@ class BudgetPolicy:
     scale: float = 1.0
     on_parse_failure: OnParseFailure | str = OnParseFailure.DEFAULT
     fallback_budget: int = 128
+    lenient_parse: bool = True
+
+    @classmethod
+    def paper(cls) -> BudgetPolicy:
+        """The paper's rule, as the reference scripts apply it: the raw estimate goes into the prompt.
+
+        No floor (``min_budget=1``: only an estimate of 0 is raised, to 1, and recorded as raised), the
+        paper's cap of 1024, no scaling, strict ``[[<digits>]]`` parsing. A reply with no budget is
+        where the scripts write "use less than -1 tokens"; this policy asks that question with plain
+        chain-of-thought instead (``on_parse_failure="vanilla"``), and the record says "parse failed".
+        """
+        return cls(min_budget=1, max_budget=1024, scale=1.0, on_parse_failure=OnParseFailure.VANILLA,
+                   fallback_budget=128, lenient_parse=False)
+
+    @property
+    def is_paper(self) -> bool:
+        """True for the policy `paper` returns."""
+        return self == BudgetPolicy.paper()
 
     def __post_init__(self) -> None:
         for name in ("min_budget", "max_budget", "fallback_budget"):
@@ -140,6 +162,8 @@ class BudgetPolicy:
             math.isfinite(self.scale) and self.scale > 0
         ):
             raise ValueError(f"BudgetPolicy.scale must be a positive finite number, got {self.scale!r}")
+        if not isinstance(self.lenient_parse, bool):
+            raise ValueError(f"BudgetPolicy.lenient_parse must be True or False, got {self.lenient_parse!r}")
         try:
             object.__setattr__(self, "on_parse_failure", OnParseFailure(self.on_parse_failure))
         except ValueError:

@@ -201,7 +201,9 @@ def is_zero_shot(spec: object) -> bool:
     return isinstance(spec, str) and spec.strip().lower() in ("zero-shot", "zeroshot")
 
 
-def get_estimator(spec: BudgetEstimator | str, generator: Generator | None = None) -> BudgetEstimator:
+def get_estimator(
+    spec: BudgetEstimator | str, generator: Generator | None = None, *, lenient: bool = True
+) -> BudgetEstimator:
     """An estimator from its name, the one spelling every integration accepts.
 
     - ``"learned"``: the learned estimator shipped in the package (no model call, zero tokens);
@@ -209,7 +211,8 @@ def get_estimator(spec: BudgetEstimator | str, generator: Generator | None = Non
     - ``"zero-shot"``: the paper's zero-shot estimator on ``generator`` (the answering model);
     - ``"fixed:N"``: the same budget N for every question.
 
-    An object that already is an estimator is returned as it is.
+    An object that already is an estimator is returned as it is. ``lenient`` is the zero-shot
+    estimator's parsing (`BudgetPolicy.lenient_parse`).
 
     Raises:
         ValueError: an unknown name, or ``"zero-shot"`` without a generator to ask.
@@ -229,7 +232,7 @@ def get_estimator(spec: BudgetEstimator | str, generator: Generator | None = Non
         if generator is None:
             raise ValueError("estimator='zero-shot' needs a model to ask; pass the generator, or use "
                              "estimator='learned' (no model call)")
-        return ZeroShotEstimator(generator)
+        return ZeroShotEstimator(generator, lenient=lenient)
     if head == "fixed" and sep:
         try:
             return FixedEstimator(int(tail))

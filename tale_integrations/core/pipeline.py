@@ -18,10 +18,13 @@ from .budget import Budget, BudgetPolicy
 from .estimators import BudgetEstimator, Estimate, EstimatorError, ZeroShotEstimator, get_estimator
 from .generation import FinishReason, Generation, Generator, Usage
 from .prompts import (
+    SCRIPTS_SYSTEM_PROMPT,
     ConversationStyle,
     EstimationPrompt,
+    PromptStyle,
     QuestionFormat,
     answer_messages,
+    estimator_input,
     one_conversation_messages,
 )
 
@@ -41,7 +44,8 @@ class Mode(enum.StrEnum):
     TALE_EP = "tale-ep"
 
 
-_ANSWER_KIND = {QuestionFormat.GSM8K: AnswerKind.NUMERIC, QuestionFormat.MULTIPLE_CHOICE: AnswerKind.CHOICE}
+_ANSWER_KIND = {QuestionFormat.GSM8K: AnswerKind.NUMERIC, QuestionFormat.CLOZE: AnswerKind.NUMERIC,
+                QuestionFormat.MULTIPLE_CHOICE: AnswerKind.CHOICE}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,8 +159,14 @@ class TalePipeline:
             shipped learned estimator: no model call), ``"zero-shot"``, ``"learned:PATH"``, ``"fixed:N"``.
             Default the paper's `ZeroShotEstimator` on the answering model itself.
         budget: For ``fixed``: the budget for every question.
-        policy: `BudgetPolicy` (floor, cap, scale α, fallback). Default ``BudgetPolicy()``.
-        format: `QuestionFormat` of the prompt: ``"gsm8k"`` (default), ``"multiple_choice"``, ``"chat"``.
+        policy: `BudgetPolicy` (floor, cap, scale α, fallback). Default ``BudgetPolicy()``, or
+            ``BudgetPolicy.paper()`` with ``style="paper"``.
+        format: `QuestionFormat` of the prompt: ``"gsm8k"`` (default), ``"multiple_choice"``, ``"cloze"``,
+            ``"chat"``.
+        style: `PromptStyle`: ``"default"``, or ``"paper"`` to reproduce the reference scripts: their
+            system message on the answer call too, the estimator reading the question as they quote it
+            (`core.prompts.estimator_input`), and ``BudgetPolicy.paper()`` unless ``policy`` is given.
+            The paper's style is two calls, so ``conversation`` and ``system_prompt`` stay unset.
         conversation: `ConversationStyle`: ``"two_call"`` (the paper) or ``"one_conversation"``.
         max_tokens: Hard cap on the answer's output tokens (default 1024, the paper's). A budget is
             never larger than this cap or than the model's ``context_window``.
@@ -184,6 +194,7 @@ class TalePipeline:
         system_prompt: str | None = None,
         estimation_prompt: EstimationPrompt | str = EstimationPrompt.SCRIPTS,
         on_estimator_error: str = "raise",
+        style: PromptStyle | str = PromptStyle.DEFAULT,
     ) -> None:
         if not callable(getattr(generator, "generate", None)) or not callable(getattr(generator, "agenerate", None)):
             raise TypeError(
@@ -203,15 +214,29 @@ class TalePipeline:
         self.conversation = ConversationStyle(conversation)
         if self.conversation is ConversationStyle.ONE_CONVERSATION and self.mode is not Mode.TALE_EP:
             raise ValueError("conversation='one_conversation' needs mode='tale-ep'")
+        self.style = PromptStyle(style)
+        if self.style is PromptStyle.PAPER:
+            if self.conversation is not ConversationStyle.TWO_CALL:
+                raise ValueError("style='paper' asks in two calls, as the paper does; drop conversation=")
+            if system_prompt is not None:
+                raise ValueError(f"style='paper' sends the scripts' system message {SCRIPTS_SYSTEM_PROMPT!r}; "
+                                 "drop system_prompt=")
+            system_prompt = SCRIPTS_SYSTEM_PROMPT
         self.generator = generator
-        self.policy = policy if policy is not None else BudgetPolicy()
+        if policy is None:
+            policy = BudgetPolicy.paper() if self.style is PromptStyle.PAPER else BudgetPolicy()
+        self.policy = policy
         self.budget = None if budget is None else self.policy.fixed(budget).tokens
         self.format = QuestionFormat(format)
         self.estimation_prompt = EstimationPrompt(estimation_prompt)
+        lenient = self.policy.lenient_parse
         if self.mode is Mode.TALE_EP and estimator is None:
-            estimator = ZeroShotEstimator(generator, prompt=self.estimation_prompt)
+            estimator = ZeroShotEstimator(generator, prompt=self.estimation_prompt, lenient=lenient)
         elif isinstance(estimator, str):
-            estimator = get_estimator(estimator, generator)
+            estimator = get_estimator(estimator, generator, lenient=lenient)
+        elif not lenient and getattr(estimator, "lenient", False) is True:
+            raise ValueError("the policy parses budgets strictly (lenient_parse=False) but the estimator is "
+                             "lenient; pass ZeroShotEstimator(..., lenient=False)")
         self.estimator = estimator
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -274,7 +299,8 @@ class TalePipeline:
         needs = [i for i, it in enumerate(items) if self.mode is Mode.TALE_EP and it.budget is None]
         estimates: list[Estimate] = []
         if needs:
-            questions = [items[i].question for i in needs]
+            questions = [estimator_input(items[i].question, format=self.format, options=items[i].options,
+                                         style=self.style) for i in needs]
             try:
                 estimates = yield _Estimate(questions)
             except Exception as exc:  # the estimator's own failure, not a bug here

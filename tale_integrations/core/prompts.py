@@ -8,7 +8,12 @@ Question formats (`QuestionFormat`):
 
 - ``gsm8k``: the scripts' numeric template, ``Q: ...`` then the ``[[answer]]`` format line and the trigger.
 - ``multiple_choice``: the MathBench template, the options as ``A. ...`` lines, the ``[[choice]]`` line.
+- ``cloze``: the scripts' MathBench arithmetic template, ``Q: ...`` then the trigger (no format line).
 - ``chat``: a free-form question followed by the trigger (ours: for applications, no answer format).
+
+Paper mode (`PromptStyle.PAPER`) changes what is sent around these strings, never the strings: the
+scripts' system message on answer calls too, and the estimator reading the question as the scripts
+quote it (`estimator_input`). `PAPER_CHAT_TEMPLATE` is the scripts' raw prompt for local models.
 
 Estimation prompt variants (`EstimationPrompt`): ``scripts`` (default, the text the reference
 scripts send) and ``figure`` (the paper's printed figure).
@@ -34,7 +39,13 @@ __all__ = [
     "ESTIMATION_PROMPT_FIGURE",
     "ESTIMATION_PROMPT_SCRIPTS",
     "ESTIMATION_SYSTEM_PROMPT",
+    "DIRECT_CLOZE_INSTRUCTION",
+    "PAPER_CHAT_TEMPLATE",
+    "SCRIPTS_SYSTEM_PROMPT",
+    "PromptStyle",
+    "estimator_input",
     "NUMERIC_FORMAT",
+    "NUMERIC_FORMAT_EXAMPLE",
     "ONE_CONVERSATION_ANSWER_TURN",
     "PROMPT_VERSION",
     "VANILLA_COT_TRIGGER",
@@ -59,9 +70,13 @@ __all__ = [
 ]
 
 #: Bumped whenever a rendered prompt changes; recorded with results so runs stay comparable.
-PROMPT_VERSION = "2"  # 2: the multiple-choice direct prompt is the scripts' own string
+#: 2: the multiple-choice direct prompt is the scripts' own string. 3: the estimation prompt ends with a
+#: newline and the multiple-choice prompt has a blank line before its format line, as in the scripts.
+PROMPT_VERSION = "3"
 
-ESTIMATION_SYSTEM_PROMPT = "You are a helpful assistant."
+#: The system message of every call the reference scripts make (estimation and answer).
+SCRIPTS_SYSTEM_PROMPT = "You are a helpful assistant."
+ESTIMATION_SYSTEM_PROMPT = SCRIPTS_SYSTEM_PROMPT
 
 ESTIMATION_PROMPT_SCRIPTS = (
     "Task: Analyze the given question and estimate the minimum number of tokens required to generate "
@@ -70,7 +85,7 @@ ESTIMATION_PROMPT_SCRIPTS = (
     "\n"
     "Below is the question:\n"
     "\n"
-    'Question: "{question}"'
+    'Question: "{question}"\n'
 )
 
 ESTIMATION_PROMPT_FIGURE = (
@@ -80,13 +95,18 @@ ESTIMATION_PROMPT_FIGURE = (
     "\n"
     "Below is the question:\n"
     "\n"
-    'Question: "{question}"'
+    'Question: "{question}"\n'
 )
 
 VANILLA_COT_TRIGGER = "Let's think step by step:"
 BUDGETED_COT_TRIGGER = "Let's think step by step and use less than {budget} tokens:"
 
-NUMERIC_FORMAT = "Please Give the response by strictly following this format: [[answer]], for example: Answer: [[50]]."
+#: The answer in the numeric format line's example; a weak model often copies it (`eval.metrics` counts that).
+NUMERIC_FORMAT_EXAMPLE = "50"
+NUMERIC_FORMAT = (
+    "Please Give the response by strictly following this format: [[answer]], "
+    f"for example: Answer: [[{NUMERIC_FORMAT_EXAMPLE}]]."
+)
 CHOICE_FORMAT = "Please Give the response by strictly following this format: [[choice]],for example: Choice: [[A]]."
 
 DIRECT_INSTRUCTION = (
@@ -98,6 +118,9 @@ DIRECT_CHOICE_INSTRUCTION = (
     "Please answer the following question directly and give the answer directly without any reasoning process. "
     "Please strictLy follow the format: [[choice]],for example: Choice: [[A]]."
 )
+
+#: The scripts' MathBench arithmetic (cloze) direct prompt; ``Q: {question}`` follows on the next line.
+DIRECT_CLOZE_INSTRUCTION = "Please answer the following question and give the answer directly"
 
 # Ours: the second user turn of the one-conversation style (the first turn is the estimation prompt,
 # the assistant turn is the estimator's own reply). The format line and trigger follow it.
@@ -111,7 +134,15 @@ class QuestionFormat(enum.StrEnum):
 
     GSM8K = "gsm8k"
     MULTIPLE_CHOICE = "multiple_choice"
+    CLOZE = "cloze"
     CHAT = "chat"
+
+
+class PromptStyle(enum.StrEnum):
+    """Default prompting, or the reference scripts reproduced exactly (see the module docstring)."""
+
+    DEFAULT = "default"
+    PAPER = "paper"
 
 
 class EstimationPrompt(enum.StrEnum):
@@ -163,7 +194,9 @@ def _answer_body(fmt: QuestionFormat, question: str, options: Sequence[str] | No
     if fmt is QuestionFormat.GSM8K:
         return f"Q: {question}\n", NUMERIC_FORMAT
     if fmt is QuestionFormat.MULTIPLE_CHOICE:
-        return f"{question}\n{_options_block(options)}\n", CHOICE_FORMAT + "\n"
+        return f"{question}\n{_options_block(options)}\n\n", CHOICE_FORMAT + "\n"
+    if fmt is QuestionFormat.CLOZE:
+        return f"Q: {question}\n", ""
     return f"{question}\n", ""
 
 
@@ -197,12 +230,38 @@ def direct_prompt(
 
     Numeric questions (``gsm8k`` and ``chat``) ask for ``[[answer]]``; ``multiple_choice`` sends the
     scripts' own choice prompt: the instruction, then the stem and one line per option, each line
-    ending in a newline, then the template's final newline.
+    ending in a newline, then the template's final newline; ``cloze`` the scripts' cloze prompt.
     """
     question = _check_question(question)
-    if QuestionFormat(format) is QuestionFormat.MULTIPLE_CHOICE:
+    fmt = QuestionFormat(format)
+    if fmt is QuestionFormat.MULTIPLE_CHOICE:
         return f"{DIRECT_CHOICE_INSTRUCTION}\n{question}\n{_options_block(options)}\n\n"
+    if fmt is QuestionFormat.CLOZE:
+        return f"{DIRECT_CLOZE_INSTRUCTION}\nQ: {question}"
     return f"{DIRECT_INSTRUCTION}\nQ: {question}"
+
+
+def estimator_input(
+    question: str,
+    *,
+    format: QuestionFormat | str = QuestionFormat.GSM8K,
+    options: Sequence[str] | None = None,
+    style: PromptStyle | str = PromptStyle.DEFAULT,
+) -> str:
+    """The text a budget estimator reads for a question.
+
+    Default: the question alone (what a learned estimator was fitted on; options are not counted).
+    Paper: what the reference scripts quote in the estimation prompt: the whole vanilla
+    chain-of-thought prompt for ``gsm8k`` and ``cloze``; the stem and its option lines, each ending in
+    a newline, for ``multiple_choice``; the question alone for ``chat``.
+    """
+    question = _check_question(question)
+    fmt = QuestionFormat(format)
+    if PromptStyle(style) is PromptStyle.DEFAULT or fmt is QuestionFormat.CHAT:
+        return question
+    if fmt is QuestionFormat.MULTIPLE_CHOICE:
+        return f"{question}\n{_options_block(options)}\n"
+    return question_prompt(question, format=fmt)
 
 
 def estimation_messages(
@@ -282,6 +341,7 @@ def one_conversation_messages(
 # reasoning and open the final answer in the format the prompt asked for, and what closes it.
 WRAP_UP: dict[QuestionFormat, tuple[str, str]] = {
     QuestionFormat.GSM8K: ("\n\nThe final answer is [[", "]]"),
+    QuestionFormat.CLOZE: ("\n\nThe final answer is [[", "]]"),
     QuestionFormat.MULTIPLE_CHOICE: ("\n\nThe final choice is [[", "]]"),
     QuestionFormat.CHAT: ("\n\nIn short, ", ""),
 }
@@ -357,3 +417,16 @@ def repair_prompt(format: QuestionFormat | str = QuestionFormat.CHAT) -> str:
     """The repair turn for a question format: `REPAIR_PROMPT`, then the answer format line if any."""
     line = {QuestionFormat.GSM8K: NUMERIC_FORMAT, QuestionFormat.MULTIPLE_CHOICE: CHOICE_FORMAT}.get(QuestionFormat(format))
     return f"{REPAIR_PROMPT}\n{line}" if line else REPAIR_PROMPT
+
+
+#: The reference scripts' raw prompt for local models, as a chat template: no model template, but
+#: ``"You are a helpful assistant.\nUser: {prompt}\nAssistant:"`` (a system line, the user turn, and
+#: ``Assistant:`` as the generation prompt). Paper mode gives it to local models.
+PAPER_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}\n"
+    "{% elif message['role'] == 'user' %}User: {{ message['content'] }}\n"
+    "{% else %}Assistant: {{ message['content'] }}\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)

@@ -67,7 +67,8 @@ class SearchItem:
                 raise ValueError(f"SearchItem.{name} must be a non-empty string, got {value!r}")
         object.__setattr__(self, "format", QuestionFormat(self.format))
         if self.format is QuestionFormat.CHAT:
-            raise ValueError("SearchItem.format must be 'gsm8k' or 'multiple_choice': 'chat' answers cannot be checked")
+            raise ValueError("SearchItem.format must be 'gsm8k', 'cloze' or 'multiple_choice': 'chat' answers cannot "
+                             "be checked")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

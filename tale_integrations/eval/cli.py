@@ -68,12 +68,19 @@ def add_eval_parsers(subparsers: Any) -> None:
                     help="local models: questions per batched call (default %(default)s)")
     ev.add_argument("--concurrency", type=_positive_int, default=8, metavar="N",
                     help="API models: requests in flight (default %(default)s)")
-    ev.add_argument("--max-tokens", type=_positive_int, default=512, metavar="N",
-                    help="cap on answer tokens (default %(default)s; the paper used 1024)")
+    ev.add_argument("--paper", action="store_true",
+                    help="reproduce the reference scripts exactly: their prompts and system message on every call, "
+                         "the estimator reading the question as they quote it, MathBench arithmetic as cloze, no "
+                         "budget floor and strict [[N]] parsing (BudgetPolicy.paper), local models prompted with "
+                         "their raw 'User: ... Assistant:' text, and the paper's sampling (temperature 0.1, seed "
+                         "1024, 1024 tokens) unless given; written into each results file and the report")
+    ev.add_argument("--max-tokens", type=_positive_int, default=None, metavar="N",
+                    help="cap on answer tokens (default 512; with --paper 1024, the paper's)")
     ev.add_argument("--temperature", type=_temperature, default=None,
-                    help="sampling temperature (default: the backend's; local models decode greedily; paper 0.1)")
+                    help="sampling temperature (default: the backend's; local models decode greedily; with --paper "
+                         "0.1, the paper's)")
     ev.add_argument("--seed", type=int, metavar="N", help="sampling seed (API models that support it, and sampled "
-                    "local decoding; the paper used 1024)")
+                    "local decoding; with --paper 1024, the paper's)")
     ev.add_argument("--device", help="local models: cpu, cuda, cuda:N (default: cuda when available)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("--no-report", action="store_true", help="do not write and print the report at the end")
@@ -93,11 +100,12 @@ def add_eval_parsers(subparsers: Any) -> None:
 
 def make_generator(spec: str | None, *, base_url: str | None = None, api_key_env: str | None = None,
                    device: str | None = None, batch_size: int = 16, seed: int | None = None,
-                   temperature: float | None = None) -> tuple[Any, bool]:
+                   temperature: float | None = None, paper: bool = False) -> tuple[Any, bool]:
     """Build the generator a ``--model`` value names; returns it and whether it is an API model.
 
     ``temperature`` becomes the generator's default, so the TALE-EP estimator call samples like the
-    answer call (the API's own default would otherwise apply to it).
+    answer call (the API's own default would otherwise apply to it). With ``paper`` a local model is
+    prompted with the reference scripts' raw text (``core.prompts.PAPER_CHAT_TEMPLATE``).
     """
     if base_url or (spec or "").startswith("openai:"):
         name = (spec or "").removeprefix("openai:")
@@ -122,11 +130,13 @@ def make_generator(spec: str | None, *, base_url: str | None = None, api_key_env
 
     hf_logging.set_verbosity_error()
     from ..backends.hf import HFGenerator
+    from ..core.prompts import PAPER_CHAT_TEMPLATE
 
     model = None if spec in (None, "", "embedded") else spec
     progress = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     return HFGenerator(model, device=device, max_batch_size=batch_size, seed=seed, progress=progress,
-                       temperature=0.0 if temperature is None else temperature), False
+                       temperature=0.0 if temperature is None else temperature,
+                       chat_template=PAPER_CHAT_TEMPLATE if paper else None), False
 
 
 def _report_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -160,6 +170,13 @@ def _eval(args: argparse.Namespace) -> int:
 
     methods = parse_methods(args.methods)
     settings = _report_settings(args)  # check --prices early, before any model call
+    paper = args.paper
+    if args.max_tokens is None:
+        args.max_tokens = 1024 if paper else 512
+    if paper and args.temperature is None:
+        args.temperature = 0.1
+    if paper and args.seed is None:
+        args.seed = 1024
     datasets = [load_dataset(spec, fields=args.fields, limit=args.limit)
                 for spec in (s.strip() for s in args.dataset.split(",")) if spec]
     if not datasets:
@@ -167,22 +184,23 @@ def _eval(args: argparse.Namespace) -> int:
     oracle = OracleBudgets.from_file(args.search_file) if args.search_file else None
     generator, is_api = make_generator(args.model, base_url=args.base_url, api_key_env=args.api_key_env,
                                        device=args.device, batch_size=args.batch_size, seed=args.seed,
-                                       temperature=args.temperature)
+                                       temperature=args.temperature, paper=paper)
     estimator = None
     if args.estimator and args.estimator_model:
         raise ValueError("pass --estimator or --estimator-model, not both (--estimator-model is the zero-shot "
                          "estimator on another model)")
     if args.estimator:
-        estimator = get_estimator(args.estimator, generator)
+        estimator = get_estimator(args.estimator, generator, lenient=not paper)
     if args.estimator_model:
         local = args.estimator_model == "embedded" or os.path.isdir(args.estimator_model)
         estimator_generator, _ = make_generator(args.estimator_model, base_url=None if local else args.base_url,
                                                 api_key_env=args.api_key_env, device=args.device,
                                                 batch_size=args.batch_size, seed=args.seed,
-                                                temperature=args.temperature)
-        estimator = ZeroShotEstimator(estimator_generator)
+                                                temperature=args.temperature, paper=paper)
+        estimator = ZeroShotEstimator(estimator_generator, lenient=not paper)
     common: dict[str, Any] = {"max_tokens": args.max_tokens, "temperature": args.temperature, "estimator": estimator,
-                              "oracle": oracle, "progress": "none" if args.no_progress else "auto"}
+                              "oracle": oracle, "progress": "none" if args.no_progress else "auto",
+                              "style": "paper" if paper else "default"}
     try:
         if is_api:
             results = asyncio.run(aevaluate(generator, datasets, methods, args.out, concurrency=args.concurrency,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.answers import AnswerKind, gsm8k_gold, gsm8k_zero_gold, normalize_number
-from ..core.prompts import QuestionFormat
+from ..core.prompts import PromptStyle, QuestionFormat
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -113,13 +113,14 @@ class _Builtin:
     path: str
     fields: FieldMap
     hub: str
+    cloze: bool = False
 
 
 #: The datasets known by name: file under the data folder, field mapping, and a hub equivalent.
 BUILTIN_DATASETS: dict[str, _Builtin] = {
     "gsm8k": _Builtin("gsm8k/test.jsonl", FieldMap(answer_format=AnswerFormat.GSM8K), "hub:openai/gsm8k:main:test"),
     "gsm8k-zero": _Builtin("gsm8k_zero/test.jsonl", FieldMap(), ""),
-    "mathbench-arithmetic": _Builtin("mathbench/arithmetic_cloze_en.jsonl", FieldMap(), ""),
+    "mathbench-arithmetic": _Builtin("mathbench/arithmetic_cloze_en.jsonl", FieldMap(), "", cloze=True),
     "mathbench-middle": _Builtin(
         "mathbench/middle_single_choice_en.jsonl", FieldMap(options="options", answer_format=AnswerFormat.CHOICE), ""
     ),
@@ -174,6 +175,8 @@ class Dataset:
         fields: The `FieldMap` used.
         examples: The valid examples, in file order.
         malformed: The lines skipped, with reasons.
+        cloze: Numeric questions the reference scripts ask with their cloze prompt (MathBench
+            arithmetic); paper mode does too, the default mode asks them like GSM8K.
     """
 
     name: str
@@ -181,11 +184,18 @@ class Dataset:
     fields: FieldMap
     examples: tuple[Example, ...]
     malformed: tuple[MalformedLine, ...] = field(default=())
+    cloze: bool = False
 
     @property
     def format(self) -> QuestionFormat:
-        """The prompt format of the dataset's questions."""
+        """The prompt format of the dataset's questions (default mode)."""
         return QuestionFormat.MULTIPLE_CHOICE if self.fields.kind is AnswerKind.CHOICE else QuestionFormat.GSM8K
+
+    def prompt_format(self, style: PromptStyle | str = PromptStyle.DEFAULT) -> QuestionFormat:
+        """The prompt format in a `PromptStyle`: ``cloze`` for cloze datasets in paper mode, else `format`."""
+        if self.cloze and PromptStyle(style) is PromptStyle.PAPER:
+            return QuestionFormat.CLOZE
+        return self.format
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -261,7 +271,7 @@ def _example(row: Any, number: int, name: str, fields: FieldMap) -> Example:
 
 
 def _collect(rows: Iterable[tuple[int, Any, str | None]], name: str, fields: FieldMap, limit: int | None,
-             source: str) -> Dataset:
+             source: str, cloze: bool = False) -> Dataset:
     examples: list[Example] = []
     malformed: list[MalformedLine] = []
     for number, row, error in rows:
@@ -274,7 +284,8 @@ def _collect(rows: Iterable[tuple[int, Any, str | None]], name: str, fields: Fie
             except ValueError as exc:
                 error = str(exc)
         malformed.append(MalformedLine(line=number, reason=error))
-    return Dataset(name=name, source=source, fields=fields, examples=tuple(examples), malformed=tuple(malformed))
+    return Dataset(name=name, source=source, fields=fields, examples=tuple(examples), malformed=tuple(malformed),
+                   cloze=cloze)
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
@@ -356,7 +367,7 @@ def load_dataset(
                 + (f", or use {builtin.hub}" if builtin.hub else "")
             )
         rows: Iterable[tuple[int, Any, str | None]] = _jsonl_rows(path)
-        return _collect(rows, name or spec, fields or builtin.fields, limit, str(path))
+        return _collect(rows, name or spec, fields or builtin.fields, limit, str(path), builtin.cloze)
     guess = FieldMap(answer_format=AnswerFormat.GSM8K) if "gsm8k" in spec.lower() and "zero" not in spec.lower() \
         else FieldMap()
     if spec.startswith("hub:"):

@@ -26,7 +26,7 @@ from ..core.answers import AnswerKind, answers_match, choices_match
 from ..core.budget import BudgetPolicy
 from ..core.estimators import BudgetEstimator
 from ..core.generation import Generator
-from ..core.prompts import PROMPT_VERSION
+from ..core.prompts import PROMPT_VERSION, PromptStyle
 from ..core.records import RecordFile
 from .datasets import Dataset, Example
 from .methods import Method, MethodKind, MethodRunner, OracleBudgets, Outcome
@@ -58,7 +58,8 @@ def run_header(
         "method": method.name,
         "label": method.label,
         "model": getattr(generator, "model_name", type(generator).__name__),
-        "format": str(dataset.format),
+        "format": str(runner.format),
+        "style": str(runner.style),
         "max_tokens": max_tokens,
         "temperature": temperature,
         "prompt_version": PROMPT_VERSION,
@@ -245,9 +246,9 @@ def _write_manifest(run_dir: Path, datasets: list[Dataset], generator: Generator
     tmp.replace(path)
 
 
-def _open(run_dir, dataset, method, generator, *, max_tokens, temperature, estimator, policy, oracle):
-    runner = MethodRunner(method, generator, format=dataset.format, max_tokens=max_tokens, temperature=temperature,
-                          estimator=estimator, policy=policy, oracle=oracle)
+def _open(run_dir, dataset, method, generator, *, max_tokens, temperature, estimator, policy, oracle, style):
+    runner = MethodRunner(method, generator, format=dataset.prompt_format(style), max_tokens=max_tokens,
+                          temperature=temperature, estimator=estimator, policy=policy, oracle=oracle, style=style)
     header = run_header(dataset, method, generator, max_tokens=max_tokens, temperature=temperature, runner=runner)
     store = RecordFile(result_path(run_dir, dataset.name, method, header["model"]), header)
     pending = [ex for ex in dataset.examples if ex.id not in store]
@@ -273,6 +274,7 @@ def evaluate(
     estimator: BudgetEstimator | None = None,
     policy: BudgetPolicy | None = None,
     oracle: OracleBudgets | None = None,
+    style: PromptStyle | str = PromptStyle.DEFAULT,
     progress: str = "auto",
     log: Callable[[str], None] = _log,
 ) -> list[RunResult]:
@@ -287,7 +289,9 @@ def evaluate(
         max_tokens: Cap on each answer's output tokens.
         temperature: Sampling temperature (None: the generator's default).
         estimator: For ``tale-ep``: the estimator (default zero-shot on ``generator``).
-        policy: `BudgetPolicy` for estimated budgets.
+        policy: `BudgetPolicy` for estimated budgets (default: the style's).
+        style: `PromptStyle`: ``"paper"`` reproduces the reference scripts' prompts, system messages,
+            estimator input and policy (`MethodRunner`); written into each results file's header.
         oracle: For ``oracle``: `OracleBudgets` from a search file.
         progress: ``"auto"`` (tqdm if installed), ``"tqdm"``, ``"plain"`` or ``"none"``.
         log: Where warnings go (default: stderr).
@@ -301,7 +305,7 @@ def evaluate(
         for method in methods:
             runner, store, pending, done = _open(run_dir, ds, method, generator, max_tokens=max_tokens,
                                                  temperature=temperature, estimator=estimator, policy=policy,
-                                                 oracle=oracle)
+                                                 oracle=oracle, style=style)
             bar = Progress(len(ds.examples), done=done, desc=f"{ds.name} {method.name}", backend=progress)
             try:
                 for chunk in _chunks(pending, batch_size):
@@ -329,6 +333,7 @@ async def aevaluate(
     estimator: BudgetEstimator | None = None,
     policy: BudgetPolicy | None = None,
     oracle: OracleBudgets | None = None,
+    style: PromptStyle | str = PromptStyle.DEFAULT,
     progress: str = "auto",
     log: Callable[[str], None] = _log,
 ) -> list[RunResult]:
@@ -347,7 +352,7 @@ async def aevaluate(
         for method in methods:
             runner, store, pending, done = _open(run_dir, ds, method, generator, max_tokens=max_tokens,
                                                  temperature=temperature, estimator=estimator, policy=policy,
-                                                 oracle=oracle)
+                                                 oracle=oracle, style=style)
             bar = Progress(len(ds.examples), done=done, desc=f"{ds.name} {method.name}", backend=progress)
             gate = asyncio.Semaphore(concurrency)
 

@@ -27,7 +27,7 @@ from ..core.budget import BudgetPolicy
 from ..core.estimators import BudgetEstimator
 from ..core.generation import Generation, Generator, Usage
 from ..core.pipeline import Mode, TalePipeline, TaleResult
-from ..core.prompts import QuestionFormat, baseline_messages
+from ..core.prompts import PromptStyle, QuestionFormat, baseline_messages
 from ..core.search import SearchRecord, SearchStatus, load_records
 from .datasets import Example
 
@@ -196,8 +196,12 @@ class MethodRunner:
         max_tokens: Cap on the answer's output tokens.
         temperature: Sampling temperature (None: the generator's default).
         estimator: For ``tale-ep``: any `BudgetEstimator` (default zero-shot on ``generator``).
-        policy: `BudgetPolicy` for estimated budgets (default ``BudgetPolicy()``).
+        policy: `BudgetPolicy` for estimated budgets (default ``BudgetPolicy()``, or ``BudgetPolicy.paper()``
+            in paper style).
         oracle: For ``oracle``: the `OracleBudgets`.
+        style: `PromptStyle` of TALE's own methods (direct, vanilla, tale-ep, fixed, tale-pt, oracle):
+            ``"paper"`` reproduces the reference scripts (`core.pipeline.TalePipeline`). The prompting
+            baselines (be-concise, ccot, cod) are not the scripts' and are sent as they are in both.
     """
 
     def __init__(
@@ -211,8 +215,12 @@ class MethodRunner:
         estimator: BudgetEstimator | None = None,
         policy: BudgetPolicy | None = None,
         oracle: OracleBudgets | None = None,
+        style: PromptStyle | str = PromptStyle.DEFAULT,
     ) -> None:
         self.method = method if isinstance(method, Method) else Method.parse(method)
+        self.style = PromptStyle(style)
+        if policy is None and self.style is PromptStyle.PAPER:
+            policy = BudgetPolicy.paper()
         self.generator = generator
         self.format = QuestionFormat(format)
         self.max_tokens = max_tokens
@@ -225,12 +233,13 @@ class MethodRunner:
         if kind is MethodKind.TALE_EP and self.method.param is not None:
             from ..core.estimators import get_estimator
 
-            estimator = get_estimator(str(self.method.param), generator)
+            estimator = get_estimator(str(self.method.param), generator,
+                                      lenient=policy.lenient_parse if policy is not None else True)
         if kind in _MODES:
             self.pipeline = TalePipeline(
                 generator, mode=_MODES[kind], budget=self.method.param if kind is MethodKind.FIXED else None,
                 estimator=estimator if kind is MethodKind.TALE_EP else None, policy=policy, format=self.format,
-                max_tokens=max_tokens, temperature=temperature,
+                max_tokens=max_tokens, temperature=temperature, style=self.style,
             )
         self.estimator_model = _estimator_model(self.pipeline.estimator) if self.pipeline is not None else None
 

@@ -9,6 +9,9 @@
 - Token reduction vs vanilla CoT (set by `add_reductions`), budget adherence (share of answers within
   their budget, mean absolute and signed relative deviation), truncation and empty-answer rates,
   and E³ = ACC² / mean output tokens (ACC as a fraction).
+- Degenerate answers, beside ACC, for numeric questions: answers that copy the format line's example
+  (``[[50]]``), and answers whose number already stands in the question (GSM8K-Zero's questions hold
+  their own answer, so restating a number can score without any reasoning).
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.answers import answers_match, numbers_in
+from ..core.prompts import NUMERIC_FORMAT_EXAMPLE
 from ..core.tokens import TokenCounter
 from .prices import PriceTable, missing_price_message
 
 __all__ = [
-    "MethodMetrics", "add_reductions", "bootstrap_interval", "e3", "expense", "output_tokens", "summarize",
+    "MethodMetrics", "add_reductions", "bootstrap_interval", "copies_format_example", "e3", "expense",
+    "output_tokens", "restates_question", "summarize",
 ]
 
 
@@ -51,6 +57,16 @@ def bootstrap_interval(
 def e3(accuracy: float, tokens: float) -> float | None:
     """E³ = ACC² / mean output tokens (ACC in [0, 1]); None when there are no tokens."""
     return accuracy**2 / tokens if tokens > 0 else None
+
+
+def copies_format_example(answer: str | None) -> bool:
+    """True when a numeric answer is the format line's example value (``Answer: [[50]]``)."""
+    return answer is not None and answers_match(answer, NUMERIC_FORMAT_EXAMPLE)
+
+
+def restates_question(answer: str | None, question: str) -> bool:
+    """True when a numeric answer equals a number written in the question itself."""
+    return answer is not None and any(answers_match(answer, n) for n in numbers_in(question))
 
 
 def output_tokens(record: Mapping[str, Any], counter: TokenCounter | None = None) -> int:
@@ -111,6 +127,9 @@ class MethodMetrics:
             (tokens - budget) / budget (positive: over budget).
         truncation_rate: Share that hit ``max_tokens`` (finish reason ``length``).
         empty_rate: Share with no extractable answer.
+        copied_example_rate, restated_rate: For numeric questions, the share of answers equal to the
+            format example's value (`copies_format_example`) and the share equal to a number in the
+            question (`restates_question`); None for other formats.
         e3: ACC² / output tokens.
         oracle: For the oracle method, how many questions had each search status.
         notes: Messages for the report (unpriced models...).
@@ -140,6 +159,8 @@ class MethodMetrics:
     truncation_rate: float
     empty_rate: float
     e3: float | None
+    copied_example_rate: float | None = None
+    restated_rate: float | None = None
     oracle: dict[str, int] | None = None
     notes: tuple[str, ...] = ()
 
@@ -180,6 +201,7 @@ def summarize(
     answer_cost, estimator_cost, missing = expense(records, prices)
     notes = tuple(missing_price_message(m) for m in sorted(missing))
     budgeted = [(t, int(r["budget"])) for r, t in zip(records, tokens) if r.get("budget")]
+    numeric = header.get("format", "gsm8k") == "gsm8k"
     statuses: dict[str, int] | None = None
     if header.get("method") == "oracle":
         statuses = {}
@@ -203,6 +225,10 @@ def summarize(
         truncation_rate=_mean([1.0 if r.get("finish_reason") == "length" else 0.0 for r in records]),
         empty_rate=_mean([1.0 if r.get("answer") is None else 0.0 for r in records]),
         e3=e3(accuracy, mean_tokens) if records else None,
+        copied_example_rate=_mean([float(copies_format_example(r.get("answer"))) for r in records])
+        if numeric and records else None,
+        restated_rate=_mean([float(restates_question(r.get("answer"), str(r.get("question") or ""))) for r in records])
+        if numeric and records else None,
         oracle=statuses, notes=notes,
     )
 

@@ -8,6 +8,7 @@ average) followed by a detailed table per dataset; `write_report` saves ``report
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -73,11 +74,12 @@ class Report:
     datasets: dict[str, Any] = field(default_factory=dict)
     search_file: str | None = None
     files: dict[str, str] = field(default_factory=dict)
+    style: str = "default"
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON summary."""
         return {
-            "run_dir": str(self.run_dir), "counter": self.counter, "prices_as_of": PRICES_AS_OF,
+            "run_dir": str(self.run_dir), "style": self.style, "counter": self.counter, "prices_as_of": PRICES_AS_OF,
             "expense_unit": "USD per question", "metrics": [m.to_dict() for m in self.metrics],
             "datasets": self.datasets, "search_file": self.search_file, "notes": self.notes, "files": self.files,
         }
@@ -118,8 +120,9 @@ def build_report(
                          "vanilla CoT)")
     counters = list(dict.fromkeys(m.counter for m in metrics))
     search = search_file or manifest.get("search_file")
+    styles = sorted({str(f.header.get("style", "default")) for f in files if f.records})
     return Report(run_dir=run_dir, metrics=metrics, counter=", ".join(counters) or "none", notes=notes,
-                  datasets=manifest.get("datasets", {}), search_file=search)
+                  datasets=manifest.get("datasets", {}), search_file=search, style=", ".join(styles) or "default")
 
 
 def _pct(x: float | None) -> str:
@@ -165,7 +168,7 @@ def paper_table(metrics: Sequence[MethodMetrics]) -> list[str]:
 def _detail_table(metrics: list[MethodMetrics]) -> list[str]:
     header = ["Method", "ACC [95% CI]", "Output tokens", "Tokens vs vanilla", "Estimator tokens in/out",
               "Expense $/1k q (answer + estimator)", "Within budget", "Mean rel. dev. (abs / signed)",
-              "Truncated", "Empty", "E³ ×10³"]
+              "Truncated", "Empty", "Copied [[50]]", "Number in question", "E³ ×10³"]
     rows = []
     for m in metrics:
         est = "–" if m.estimator_input_tokens is None else \
@@ -180,19 +183,33 @@ def _detail_table(metrics: list[MethodMetrics]) -> list[str]:
         rows.append([
             m.label, f"{_pct(m.accuracy)} [{_pct(m.accuracy_low)}, {_pct(m.accuracy_high)}]", _num(m.output_tokens),
             reduction, est, expense, budget, dev, _pct(m.truncation_rate), _pct(m.empty_rate),
+            "–" if m.copied_example_rate is None else _pct(m.copied_example_rate),
+            "–" if m.restated_rate is None else _pct(m.restated_rate),
             "n/a" if m.e3 is None else f"{1000 * m.e3:.3f}",
         ])
     return _table(header, rows)
 
 
+_STYLE_LINES = {
+    "default": "Prompt style: default (the paper's prompt strings, with this project's budget policy and "
+               "estimator input; `tale eval --paper` reproduces the reference scripts).",
+    "paper": "Prompt style: **paper** (the reference scripts reproduced: their prompts and system message on "
+             "every call, the estimator quoting the question as they do, MathBench arithmetic as cloze, no budget "
+             "floor, strict `[[N]]` parsing; a reply without one is asked with plain CoT).",
+}
+
+
 def render_markdown(report: Report) -> str:
     """The report as Markdown: the paper-layout table, then one detailed table per dataset."""
     lines = [f"# TALE evaluation: `{report.run_dir.name}`", ""]
+    lines += [_STYLE_LINES.get(report.style, f"Prompt style: {report.style}."), ""]
     lines += [
         f"Tokens: mean output tokens of the answering call, counted by `{report.counter}`. "
         f"Expense: USD per 1,000 questions over all calls (estimator included), from recorded usage and "
         f"the price table (defaults as of {PRICES_AS_OF}; override with `--prices FILE`). "
-        "ACC intervals: 95% percentile bootstrap (1,000 resamples, seeded).",
+        "ACC intervals: 95% percentile bootstrap (1,000 resamples, seeded). "
+        "Copied [[50]]: numeric answers equal to the format line's example; number in question: numeric "
+        "answers equal to a number the question already states (on GSM8K-Zero these can score without reasoning).",
         "",
     ]
     for model in dict.fromkeys(m.model for m in report.metrics):
@@ -244,8 +261,7 @@ def write_report(
                 notes.append(f"elasticity plot skipped: search file {report.search_file} not found")
     files["markdown"] = str(report.run_dir / "report.md")
     files["summary"] = str(report.run_dir / "summary.json")
-    report = Report(run_dir=report.run_dir, metrics=report.metrics, counter=report.counter, notes=notes,
-                    datasets=report.datasets, search_file=report.search_file, files=files)
+    report = dataclasses.replace(report, notes=notes, files=files)
     Path(files["markdown"]).write_text(render_markdown(report), encoding="utf-8")
     Path(files["summary"]).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n",
                                       encoding="utf-8")

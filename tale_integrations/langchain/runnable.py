@@ -183,7 +183,7 @@ class TaleRunnable(FlowDrivers, RunnableSerializable[TaleInput, AIMessage]):
     def _needs_repair(self, reply: Any) -> bool:
         if not self.repair or not isinstance(reply, BaseMessage) or finish_reason(reply) != "length":
             return False
-        return self.format is QuestionFormat.CHAT or not BRACKETED.search(str(reply.text))
+        return self.format in (QuestionFormat.CHAT, QuestionFormat.CLOZE) or not BRACKETED.search(str(reply.text))
 
     def _finish(self, header: dict[str, Any], answer: AIMessage, repair: Any) -> AIMessage:
         usage, content = answer.usage_metadata, answer.content

@@ -262,10 +262,10 @@ class DPORecord:
 
 def _prompt_for(record: SearchRecord) -> tuple[dict[str, str], ...]:
     fmt = QuestionFormat(record.format)
-    if fmt is not QuestionFormat.GSM8K:
+    if fmt not in (QuestionFormat.GSM8K, QuestionFormat.CLOZE):
         raise ValueError(
             f"search record {record.id!r} has format {record.format!r}: search files do not keep multiple-choice "
-            "options, so only 'gsm8k'-format records can be turned into training prompts"
+            "options, so only 'gsm8k' and 'cloze' records can be turned into training prompts"
         )
     return tuple(answer_messages(record.question, budget=None, format=fmt))
 

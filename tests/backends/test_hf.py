@@ -313,3 +313,18 @@ def test_a_short_prompt_keeps_its_room_beside_a_long_one(scripted_generator, tin
     out = gen.generate([short, long], max_tokens=60)
     assert out[0].usage.output_tokens == min(60, 64 - n_short)
     assert out[1].usage.output_tokens == 64 - n_long
+
+
+def test_a_chat_template_replaces_the_models_own_without_changing_its_tokenizer(tiny_model, tiny_tokenizer):
+    from tale_integrations.core.prompts import PAPER_CHAT_TEMPLATE, SCRIPTS_SYSTEM_PROMPT
+
+    own = tiny_tokenizer.chat_template
+    gen = HFGenerator.from_model(tiny_model, tiny_tokenizer, chat_template=PAPER_CHAT_TEMPLATE)
+    messages = [{"role": "system", "content": SCRIPTS_SYSTEM_PROMPT}, {"role": "user", "content": "Q: 2+3?\n"}]
+    raw = "You are a helpful assistant.\nUser: Q: 2+3?\n\nAssistant:"
+    assert gen.encode_chat(messages) == tiny_tokenizer(raw, add_special_tokens=False)["input_ids"]
+    assert tiny_tokenizer.chat_template == own
+    [out] = gen.generate([messages], max_tokens=3)
+    assert out.usage.input_tokens == len(gen.encode_chat(messages))
+    with pytest.raises(ValueError, match="chat_template"):
+        HFGenerator(chat_template="  ")

@@ -324,7 +324,7 @@ def test_fixed_rejects_bad_budget(bad):
 )
 def test_policy_to_dict_round_trip(policy):
     d = policy.to_dict()
-    assert set(d) == {"min_budget", "max_budget", "scale", "on_parse_failure", "fallback_budget"}
+    assert set(d) == {"min_budget", "max_budget", "scale", "on_parse_failure", "fallback_budget", "lenient_parse"}
     assert type(d["on_parse_failure"]) is str
     assert BudgetPolicy(**d) == policy
     assert BudgetPolicy(**d).to_dict() == d
@@ -337,4 +337,5 @@ def test_policy_to_dict_values():
         "scale": 2,
         "on_parse_failure": "default",
         "fallback_budget": 128,
+        "lenient_parse": True,
     }

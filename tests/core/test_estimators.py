@@ -23,7 +23,7 @@ SCRIPTS_USER = (
     "\n"
     "Below is the question:\n"
     "\n"
-    'Question: "What is 6 times 7?"'
+    'Question: "What is 6 times 7?"\n'
 )
 FIGURE_USER = (
     "Task: Analyze the given question and estimate the minimum number of tokens required to generate a "
@@ -32,7 +32,7 @@ FIGURE_USER = (
     "\n"
     "Below is the question:\n"
     "\n"
-    'Question: "What is 6 times 7?"'
+    'Question: "What is 6 times 7?"\n'
 )
 
 
@@ -50,7 +50,7 @@ class Recorder:
             self.calls.append(
                 {"messages": messages, "max_tokens": max_tokens, "stop": stop, "temperature": temperature}
             )
-        question = messages[-1]["content"].rsplit('Question: "', 1)[-1].rstrip('"')
+        question = messages[-1]["content"].rsplit('Question: "', 1)[-1].removesuffix('"\n')
         return self.replies.get(question, self.default)
 
 
@@ -157,7 +157,7 @@ def test_zero_shot_batched_one_call_in_order():
     assert len(rec.calls) == 4
     assert [e.raw for e in estimates] == [10, 200, None, 0]
     assert [e.reply for e in estimates] == ["[[10]]", "Budget: [[200]]", "no idea", "[[0]]"]
-    assert [c["messages"][1]["content"].endswith(f'"{q}"') for c, q in zip(rec.calls, QUESTIONS)] == [True] * 4
+    assert [c["messages"][1]["content"].endswith(f'"{q}"\n') for c, q in zip(rec.calls, QUESTIONS)] == [True] * 4
 
 
 async def test_zero_shot_async_same_as_sync():

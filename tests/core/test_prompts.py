@@ -27,7 +27,7 @@ SCRIPTS_ESTIMATION = (
     "\n"
     "Below is the question:\n"
     "\n"
-    'Question: "Janet has 3 apples and buys 5 more. How many apples does she have?"'
+    'Question: "Janet has 3 apples and buys 5 more. How many apples does she have?"\n'
 )
 
 FIGURE_ESTIMATION = (
@@ -37,7 +37,7 @@ FIGURE_ESTIMATION = (
     "\n"
     "Below is the question:\n"
     "\n"
-    'Question: "Janet has 3 apples and buys 5 more. How many apples does she have?"'
+    'Question: "Janet has 3 apples and buys 5 more. How many apples does she have?"\n'
 )
 
 NUMERIC_LINE = "Please Give the response by strictly following this format: [[answer]], for example: Answer: [[50]]."
@@ -94,7 +94,7 @@ def test_estimation_messages_figure_variant():
 
 def test_estimation_prompt_keeps_braces_in_question():
     messages = estimation_messages("What is {x} + {y}?")
-    assert messages[1]["content"].endswith('Question: "What is {x} + {y}?"')
+    assert messages[1]["content"].endswith('Question: "What is {x} + {y}?"\n')
 
 
 def test_estimation_unknown_variant():
@@ -156,6 +156,7 @@ def test_multiple_choice_vanilla_exact():
         "B. 4\n"
         "C. 5\n"
         "D. 22\n"
+        "\n"
         "Please Give the response by strictly following this format: [[choice]],for example: Choice: [[A]].\n"
         "Let's think step by step:\n"
     )
@@ -167,6 +168,7 @@ def test_multiple_choice_budgeted_exact():
         "Pick one.\n"
         "A. x\n"
         "B. y\n"
+        "\n"
         "Please Give the response by strictly following this format: [[choice]],for example: Choice: [[A]].\n"
         "Let's think step by step and use less than 40 tokens:\n"
     )

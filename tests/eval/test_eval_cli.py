@@ -22,7 +22,7 @@ def parse(argv):
 def test_parsers_and_defaults():
     args = parse(["eval", "--dataset", "gsm8k-zero", "--out", "RUN"])
     assert (args.methods, args.batch_size, args.max_tokens, args.concurrency, args.counter) == (
-        "direct,vanilla,tale-ep", 16, 512, 8, "usage")
+        "direct,vanilla,tale-ep", 16, None, 8, "usage")
     assert args.model is None and args.temperature is None and callable(args.handler)
     args = parse(["report", "RUN", "--prices", "p.json", "--counter", "cl100k_base"])
     assert (args.run_dir, args.prices, args.counter) == ("RUN", "p.json", "cl100k_base")

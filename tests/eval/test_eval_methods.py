@@ -76,7 +76,7 @@ def test_ccot_prompt():
         f"Q: {Q}\n{NUMERIC_LINE}Let's think a bit step by step and limit the answer length to 100 words.\n")}]
     assert baseline_messages("ccot", "Which?", format="multiple_choice", options=["1", "2"], words=50) == [
         {"role": "user", "content": (
-            f"Which?\nA. 1\nB. 2\n{CHOICE_LINE}\n"
+            f"Which?\nA. 1\nB. 2\n\n{CHOICE_LINE}\n"
             "Let's think a bit step by step and limit the answer length to 50 words.\n")}]
     with pytest.raises(ValueError, match="words=N"):
         baseline_messages("ccot", Q)
@@ -170,7 +170,7 @@ def test_multiple_choice_direct_shows_the_options(scripted):
     )
     assert out.answer == "B"
     MethodRunner("vanilla", model.generator, format="multiple_choice").run([item])
-    assert model.sent[-1][-1]["content"] == f"Q1: {Q}\nA. 4\nB. 5\n{CHOICE_LINE}\nLet's think step by step:\n"
+    assert model.sent[-1][-1]["content"] == f"Q1: {Q}\nA. 4\nB. 5\n\n{CHOICE_LINE}\nLet's think step by step:\n"
 
 
 def test_arun_matches_run(scripted):

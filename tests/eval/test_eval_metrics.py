@@ -7,7 +7,16 @@ import math
 
 import pytest
 
-from tale_integrations.eval.metrics import add_reductions, bootstrap_interval, e3, expense, summarize
+from tale_integrations.core.answers import numbers_in
+from tale_integrations.eval.metrics import (
+    add_reductions,
+    bootstrap_interval,
+    copies_format_example,
+    e3,
+    expense,
+    restates_question,
+    summarize,
+)
 from tale_integrations.eval.prices import DEFAULT_PRICES, Price, PriceTable, missing_price_message
 
 
@@ -190,3 +199,19 @@ def test_price_table_dump_round_trips(tmp_path):
     assert data["_unit"] == "USD per 1M tokens" and data["gpt-4o-mini"] == {"input": 0.15, "output": 0.6,
                                                                               "cached_input": 0.075}
     assert PriceTable.load(path, defaults=False).prices == PriceTable().prices
+
+
+def test_degenerate_answers_are_counted_beside_accuracy():
+    question = "Tim rides 5 days a week, 1,200 meters a day. How many days does he ride?"
+    assert numbers_in(question) == ["5", "1200"] and numbers_in("no digits") == []
+    assert copies_format_example("50") and copies_format_example("50.0") and not copies_format_example("5")
+    assert not copies_format_example(None)
+    assert restates_question("5", question) and restates_question("1200", question)
+    assert not restates_question("6000", question) and not restates_question(None, question)
+    rows = [dict(rec(True, 5, answer="5"), question=question), dict(rec(False, 5, answer="50"), question=question),
+            dict(rec(False, 5, answer=None), question=question), dict(rec(True, 5, answer="6000"), question=question)]
+    m = summarize(rows, {**HEADER, "format": "gsm8k"})
+    assert (m.copied_example_rate, m.restated_rate) == (0.25, 0.25)
+    # a choice letter copying "[[A]]" cannot be told from a real answer: not counted for other formats
+    m = summarize(rows, {**HEADER, "format": "multiple_choice"})
+    assert (m.copied_example_rate, m.restated_rate) == (None, None)
