@@ -52,12 +52,20 @@ class Estimate:
         reply: The estimator's reply text (empty for estimators that do not call a model).
         usage: Token usage of the estimator's own call (zero for estimators that do not call a model).
         error: Why ``raw`` is None, when known.
+        crashed: The estimator raised instead of replying (`failed`); the budget then records
+            ``"estimator failed"`` rather than ``"parse failed"``.
     """
 
     raw: int | None
     reply: str = ""
     usage: Usage = field(default_factory=lambda: Usage(counter="none"))
     error: str | None = None
+    crashed: bool = False
+
+    @classmethod
+    def failed(cls, exc: BaseException) -> Estimate:
+        """The estimate standing in for an estimator that raised ``exc``."""
+        return cls(raw=None, error=f"estimator failed: {exc!r}", crashed=True)
 
     def __post_init__(self) -> None:
         if self.raw is not None and (isinstance(self.raw, bool) or not isinstance(self.raw, int) or self.raw < 0):

@@ -15,6 +15,7 @@ from typing import Any
 
 from .answers import AnswerKind, extract_answer
 from .budget import Budget, BudgetPolicy
+from .decision import ON_ESTIMATOR_ERROR, decide_budget, estimator_failure
 from .estimators import BudgetEstimator, Estimate, EstimatorError, ZeroShotEstimator, get_estimator
 from .generation import FinishReason, Generation, Generator, Usage
 from .prompts import (
@@ -209,7 +210,7 @@ class TalePipeline:
             raise ValueError(f"estimator is only used with mode='tale-ep', not mode={str(self.mode)!r}")
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
             raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
-        if on_estimator_error not in ("raise", "fallback"):
+        if on_estimator_error not in ON_ESTIMATOR_ERROR:
             raise ValueError(f"on_estimator_error must be 'raise' or 'fallback', got {on_estimator_error!r}")
         self.conversation = ConversationStyle(conversation)
         if self.conversation is ConversationStyle.ONE_CONVERSATION and self.mode is not Mode.TALE_EP:
@@ -255,22 +256,13 @@ class TalePipeline:
         pending = iter(estimates or [])
         budgets: list[Budget | None] = []
         for item in items:
-            if self.mode is Mode.DIRECT:
+            if self.mode is Mode.DIRECT or (self.mode is Mode.VANILLA and item.budget is None):
                 budgets.append(None)
-            elif item.budget is not None:
-                budgets.append(self.policy.fixed(item.budget, source="caller", limit=limit))
-            elif self.mode is Mode.FIXED:
-                budgets.append(self.policy.fixed(self.budget, limit=limit))
-            elif self.mode is Mode.VANILLA:
-                budgets.append(None)
+            elif item.budget is not None or self.mode is Mode.FIXED:
+                budgets.append(decide_budget(self.policy, caller=item.budget, fixed=self.budget, limit=limit))
             else:
-                est = next(pending)
-                source = self.estimator.name
-                if est.raw is None:
-                    failure = "estimator failed" if est.error and est.error.startswith("estimator failed") else None
-                    budgets.append(self.policy.resolve(None, source=source, limit=limit, failure=failure))
-                else:
-                    budgets.append(self.policy.resolve(est.raw, source=source, limit=limit))
+                budgets.append(decide_budget(self.policy, estimate=next(pending), estimator=self.estimator.name,
+                                             limit=limit))
         return budgets
 
     def _messages(self, item: _Item, budget: Budget | None, estimate: Estimate | None) -> list[dict[str, str]]:
@@ -288,12 +280,7 @@ class TalePipeline:
 
     def _estimate_error(self, exc: BaseException, n: int) -> list[Estimate]:
         name = getattr(self.estimator, "name", type(self.estimator).__name__)
-        if self.on_estimator_error == "raise":
-            raise EstimatorError(
-                f"the budget estimator {name!r} failed: {exc!r}; pass on_estimator_error='fallback' "
-                "to answer with the policy's fallback instead"
-            ) from exc
-        return [Estimate(raw=None, error=f"estimator failed: {exc!r}") for _ in range(n)]
+        return estimator_failure(name, exc, self.on_estimator_error, n)
 
     def _flow(self, items: list[_Item]) -> PyGenerator[Any, Any, list[TaleResult]]:
         needs = [i for i, it in enumerate(items) if self.mode is Mode.TALE_EP and it.budget is None]

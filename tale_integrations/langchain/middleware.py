@@ -32,6 +32,7 @@ from langgraph.types import Command
 from typing_extensions import NotRequired
 
 from ..core.budget import Budget, BudgetPolicy
+from ..core.decision import decide_budget, estimator_failure
 from ..core.estimators import BudgetEstimator, Estimate, EstimatorError, is_zero_shot
 from ..core.prompts import EstimationPrompt, QuestionFormat
 from ._adapters import (
@@ -165,12 +166,7 @@ class TaleBudgetMiddleware(AgentMiddleware[TaleAgentState[Any], Any]):
         return {**config, "tags": [*(config.get("tags") or []), ESTIMATE_TAG, NOSTREAM_TAG]}
 
     def _failed(self, name: str, exc: Exception) -> list[Estimate]:
-        if self.on_estimator_error == "raise":
-            raise EstimatorError(
-                f"the budget estimator {name!r} failed: {exc!r}; pass on_estimator_error='fallback' to answer "
-                "with the policy's fallback instead"
-            ) from exc
-        return [Estimate(raw=None, error=f"estimator failed: {exc!r}")]
+        return estimator_failure(name, exc, self.on_estimator_error)
 
     def _apply(
         self, request: ModelRequest, turn: _Turn, estimator: str | None, estimates: list[Estimate] | None
@@ -185,15 +181,11 @@ class TaleBudgetMiddleware(AgentMiddleware[TaleAgentState[Any], Any]):
             record = {k: turn.cached.get(k) for k in ("budget", "budget_raw", "budget_source", "budget_adjusted",
                                                       "estimator")}
         else:
-            if self.budget is not None:
-                budget = self.policy.fixed(self.budget, limit=limit)
-            else:
+            if self.budget is None:
                 if not isinstance(estimates, list) or len(estimates) != 1:
                     raise EstimatorError(f"the budget estimator {estimator!r} returned {estimates!r} for one question")
                 estimate = estimates[0]
-                failure = "estimator failed" if (estimate.error or "").startswith("estimator failed") else None
-                budget = (self.policy.resolve(estimate.raw, source=estimator, limit=limit) if estimate.raw is not None
-                          else self.policy.resolve(None, source=estimator, limit=limit, failure=failure))
+            budget = decide_budget(self.policy, estimate=estimate, estimator=estimator, fixed=self.budget, limit=limit)
             record = self._budget_record(budget, estimator)
         tokens = record["budget"]
         cap = None

@@ -28,6 +28,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from typing_extensions import Self
 
 from ..core.budget import Budget, BudgetPolicy
+from ..core.decision import decide_budget, estimator_failure
 from ..core.estimators import BudgetEstimator, Estimate, EstimatorError
 from ..core.prompts import PROMPT_VERSION, REPAIR_PROMPT, EstimationPrompt, QuestionFormat, repair_prompt
 from ._adapters import (
@@ -152,16 +153,8 @@ class TaleRunnable(FlowDrivers, RunnableSerializable[TaleInput, AIMessage]):
 
     def _budget(self, item: Item, estimate: Estimate | None) -> Budget:
         limit = model_max_tokens(self.model)  # a budget above the model's own cap could not be met
-        if item.budget is not None:
-            return self.policy.fixed(item.budget, source="caller", limit=limit)
-        if self.budget is not None:
-            return self.policy.fixed(self.budget, limit=limit)
-        assert estimate is not None
-        if estimate.raw is None:
-            failed = bool(estimate.error and estimate.error.startswith("estimator failed"))
-            return self.policy.resolve(None, source=self._estimator.name, limit=limit,
-                                       failure="estimator failed" if failed else None)
-        return self.policy.resolve(estimate.raw, source=self._estimator.name, limit=limit)
+        return decide_budget(self.policy, estimate=estimate, estimator=self._estimator.name if estimate else None,
+                             caller=item.budget, fixed=self.budget, limit=limit)
 
     def _cap(self, tokens: int | None) -> int | None:
         if tokens is None or not self.hard_cap or not accepts_max_tokens(self.model):
@@ -211,18 +204,13 @@ class TaleRunnable(FlowDrivers, RunnableSerializable[TaleInput, AIMessage]):
                     n = len(got) if isinstance(got, list) else type(got).__name__
                     raise EstimatorError(f"the estimator returned {n} estimates for {len(need)} questions")
             except Exception as exc:  # the estimator's own failure
-                if self.on_estimator_error == "raise":
-                    error = EstimatorError(
-                        f"the budget estimator {self._estimator.name!r} failed: {exc!r}; pass "
-                        "on_estimator_error='fallback' to answer with the policy's fallback instead"
-                    )
-                    error.__cause__ = exc
+                try:
+                    got = estimator_failure(self._estimator.name, exc, self.on_estimator_error, len(need))
+                except EstimatorError as error:
                     for i in need:
                         results[i] = error
                     ok = [i for i in ok if i not in set(need)]
                     got = []
-                else:
-                    got = [Estimate(raw=None, error=f"estimator failed: {exc!r}") for _ in need]
             estimates = dict(zip(need, got))
         headers, prompts, caps = {}, {}, {}
         for i in ok:

@@ -20,6 +20,7 @@ from llama_index.core.schema import QueryBundle
 from llama_index.core.settings import Settings
 
 from ..core.budget import Budget, BudgetPolicy
+from ..core.decision import decide_budget, estimator_failure
 from ..core.estimators import Estimate, EstimatorError, is_zero_shot
 from ..core.prompts import TALE_QUERY_TEMPLATE, cot_trigger
 from ._adapters import LlamaIndexEstimator, LlamaIndexGenerator, as_estimator, check_template, to_chat_messages
@@ -156,7 +157,7 @@ class TaleQueryTransform(BaseQueryTransform):
         """
         question = question_of(question)
         if budget is not None:
-            return self._decided(question, self._policy.fixed(budget, source="caller"), None, callback_manager)
+            return self._decided(question, decide_budget(self._policy, caller=budget), None, callback_manager)
         try:
             estimates = self._estimator.estimate([question])
         except Exception as exc:  # the estimator's own failure, not a bug here
@@ -169,7 +170,7 @@ class TaleQueryTransform(BaseQueryTransform):
         """Async twin of `estimate`."""
         question = question_of(question)
         if budget is not None:
-            return self._decided(question, self._policy.fixed(budget, source="caller"), None, callback_manager)
+            return self._decided(question, decide_budget(self._policy, caller=budget), None, callback_manager)
         try:
             estimates = await self._estimator.aestimate([question])
         except Exception as exc:
@@ -178,11 +179,9 @@ class TaleQueryTransform(BaseQueryTransform):
 
     def _failed(self, question: str, exc: Exception, callback_manager: CallbackManager | None) -> TaleRun:
         name = self._estimator.name
-        if self._on_estimator_error == "raise":
-            raise EstimatorError(f"the budget estimator {name!r} failed: {exc!r}; pass on_estimator_error="
-                                 "'fallback' to answer with the policy's fallback instead") from exc
-        budget = self._policy.resolve(None, source=name, failure="estimator failed")
-        return self._decided(question, budget, None, callback_manager)
+        [failed] = estimator_failure(name, exc, self._on_estimator_error)
+        return self._decided(question, decide_budget(self._policy, estimate=failed, estimator=name), None,
+                             callback_manager)
 
     def _estimated(self, question: str, estimates: Any, callback_manager: CallbackManager | None) -> TaleRun:
         if not isinstance(estimates, list) or len(estimates) != 1 or not isinstance(estimates[0], Estimate):
@@ -190,8 +189,8 @@ class TaleQueryTransform(BaseQueryTransform):
             raise EstimatorError(f"the budget estimator {self._estimator.name!r} returned {got} estimates for 1 "
                                  "question (expected a list with one Estimate)")
         [est] = estimates
-        return self._decided(question, self._policy.resolve(est.raw, source=self._estimator.name), est,
-                             callback_manager)
+        return self._decided(question, decide_budget(self._policy, estimate=est, estimator=self._estimator.name),
+                             est, callback_manager)
 
     def _decided(self, question: str, budget: Budget, est: Estimate | None,
                  callback_manager: CallbackManager | None) -> TaleRun:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.budget import Budget, BudgetPolicy
+from ..core.decision import decide_budget
 from ..core.estimators import BudgetEstimator, ZeroShotEstimator
 from ..core.generation import Usage
 from ..core.prompts import QuestionFormat, question_prompt
@@ -105,10 +106,10 @@ async def plan_budget(
         chosen = estimator or ZeroShotEstimator(BatchedGenerator(batcher, cancel=cancel))
         [estimate] = await chosen.aestimate([question])
         name, reply, usage = chosen.name, estimate.reply, estimate.usage
-        resolved = policy.resolve(estimate.raw, source=chosen.name, limit=limit)
+        resolved = decide_budget(policy, estimate=estimate, estimator=chosen.name, limit=limit)
     else:
         assert isinstance(budget, int)
-        resolved = policy.fixed(budget, source="caller")
+        resolved = decide_budget(policy, caller=budget)
     rewritten = [dict(m) for m in messages]
     if resolved.tokens is not None:
         rewritten[last] = {"role": "user", "content": question_prompt(question, budget=resolved.tokens,
