@@ -97,9 +97,9 @@ def main() -> None:
             answer_out = meta["usage"]["answer"]["output_tokens"] if meta else n_out
             line = f"  {name:12s} answer {answer_out:3d} output tokens; all calls {n_in + n_out:4d} tokens"
             if meta and meta["estimator_reply"] is not None:
-                detail = meta["budget_detail"]
+                adjusted = meta["budget_adjusted"]
                 line += (f" (estimator {meta['usage']['estimator']['total_tokens']}); budget {meta['budget']} from "
-                         f"{detail['source']}{' (' + detail['adjusted'] + ')' if detail['adjusted'] else ''}, "
+                         f"{meta['budget_source']}{' (' + adjusted + ')' if adjusted else ''}, "
                          f"estimator said {meta['estimator_reply'][:40]!r}")
             print(line)
             print(f"  {'':12s} answer: {str(response).strip()[:90]!r}")

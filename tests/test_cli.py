@@ -44,7 +44,7 @@ def test_ask_learned_is_the_default_and_costs_no_estimator_tokens(tiny_model_dir
     tale = data["tale"]
     assert tale["estimator"] == "learned"
     assert tale["estimator_usage"]["input_tokens"] == tale["estimator_usage"]["output_tokens"] == 0
-    assert tale["budget"]["raw"] == default_learned_estimator().estimate([question])[0].raw
+    assert tale["budget_raw"] == default_learned_estimator().estimate([question])[0].raw
     assert tale["total_usage"] == tale["usage"] | {"counter": tale["total_usage"]["counter"]}
 
 
@@ -55,10 +55,12 @@ def test_ask_unknown_estimator_is_a_clear_error(tiny_model_dir, capsys):
 
 def test_ask_json_with_a_fixed_budget_reaches_the_prompt(tiny_model_dir, capsys):
     data = run_json(capsys, "What is 3 + 4?", "--model", str(tiny_model_dir), "--budget", "30", "--max-tokens", "5")
-    assert data["tale"]["budget"] == {"tokens": 5, "raw": 30, "source": "fixed", "adjusted": "lowered to cap"}
+    tale = data["tale"]
+    assert (tale["budget"], tale["budget_raw"], tale["budget_source"], tale["budget_adjusted"]) == (
+        5, 30, "fixed", "lowered to cap")
     data = run_json(capsys, "What is 3 + 4?", "--model", str(tiny_model_dir), "--budget", "30", "--max-tokens", "30")
     tale = data["tale"]
-    assert tale["budget"]["tokens"] == 30
+    assert tale["budget"] == 30
     assert tale["mode"] == "fixed"
     assert tale["messages"][-1]["content"] == "What is 3 + 4?\nLet's think step by step and use less than 30 tokens:\n"
     assert tale["usage"]["output_tokens"] == 30
@@ -115,7 +117,7 @@ def test_ask_on_the_embedded_model(capsys):
     data = run_json(capsys, "Tom has 3 apples and buys 4 more. How many apples does he have?", "--max-tokens", "64")
     tale = data["tale"]
     assert tale["model"] == "SmolLM2-135M-Instruct"
-    tokens = tale["budget"]["tokens"]
+    tokens = tale["budget"]
     assert f"use less than {tokens} tokens:" in tale["messages"][-1]["content"]
     assert 1 <= tale["usage"]["output_tokens"] <= 64
     assert tale["estimator"] == "learned" and tale["estimator_usage"]["input_tokens"] == 0

@@ -238,7 +238,7 @@ def test_query_transform_accepts_learned():
     assert bundle.query_str == question_prompt(Q, budget=expected(Q), format="chat")
     assert bundle.embedding_strs == [Q]
     event = [e for e in seen if isinstance(e, TaleBudgetEvent)][0]
-    assert (event.query_str, event.budget, event.raw, event.source, event.estimator) == (
+    assert (event.query_str, event.budget, event.budget_raw, event.budget_source, event.estimator) == (
         Q, expected(Q), raw(Q), "learned", "learned")
     assert event.estimator_usage is None  # no model was asked
     d = run.to_dict()
@@ -261,7 +261,7 @@ def test_query_engine_accepts_learned(wide_sevens, monkeypatch):
     meta = response.metadata["tale"]
     assert (meta["question"], meta["budget"], meta["estimator"], meta["estimator_reply"]) == (
         Q, expected(Q), "learned", None)
-    assert meta["budget_detail"] == {"tokens": expected(Q), "raw": raw(Q), "source": "learned", "adjusted": None}
+    assert (meta["budget_raw"], meta["budget_source"], meta["budget_adjusted"]) == (raw(Q), "learned", None)
     assert [c["role"] for c in meta["calls"]] == ["answer"]  # the answer only: no estimator call
     assert zero(meta["usage"]["estimator"])
     assert meta["usage"]["total"]["total_tokens"] == meta["usage"]["answer"]["total_tokens"] > 0
@@ -302,7 +302,7 @@ async def test_query_engine_learned_with_a_policy_async(wide_sevens):
     engine = TaleQueryEngine(index.as_query_engine(llm=llm), estimator="learned", policy=SCALED)
     meta = (await engine.aquery(Q2)).metadata["tale"]
     assert (meta["budget"], meta["estimator"]) == (expected(Q2, SCALED), "learned")
-    assert meta["budget_detail"]["adjusted"] == "scaled" and zero(meta["usage"]["estimator"])
+    assert meta["budget_adjusted"] == "scaled" and zero(meta["usage"]["estimator"])
     assert len(calls) == 1
 
 
@@ -341,6 +341,57 @@ def test_every_integration_gives_the_same_budget(scripted_generator, wide_sevens
                              estimator="learned", policy=SCALED)
     budgets["query_engine"] = engine.query(Q).metadata["tale"]["budget"]
     assert budgets == dict.fromkeys(budgets, expected(Q, SCALED))
+
+
+def test_every_integration_writes_the_same_budget_record(scripted_generator, wide_sevens, tmp_path):
+    """The budget record (`core.decision.RECORD_KEYS`) of one question under one policy: the same keys
+    and values from the pipeline, the runnable, the middleware, the LlamaIndex transform and engine and
+    the eval harness (tale serve: tests/serve/test_serve_learned.py). Only the estimator's usage is
+    written in each framework's own form, so its value is compared apart."""
+    pytest.importorskip("langchain")
+    pytest.importorskip("llama_index.core")
+    from langchain.agents import create_agent
+    from langchain_core.messages import HumanMessage
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.embeddings import MockEmbedding
+    from llama_index.core.schema import TextNode
+
+    from tale_integrations import TalePipeline
+    from tale_integrations.core.decision import RECORD_KEYS
+    from tale_integrations.eval import evaluate, load_dataset
+    from tale_integrations.langchain import ChatTaleHF, TaleBudgetMiddleware, TaleRunnable
+    from tale_integrations.llama_index import TaleHFLLM, TaleQueryEngine, TaleQueryTransform
+
+    gen = scripted_generator(" 7")
+    chat = ChatTaleHF.from_generator(gen)
+    index = VectorStoreIndex([TextNode(text=t) for t in TEXTS], embed_model=MockEmbedding(embed_dim=8))
+    engine = TaleQueryEngine(index.as_query_engine(llm=TaleHFLLM.from_generator(wide_sevens, max_new_tokens=1)),
+                             estimator="learned", policy=SCALED)
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"question": Q, "answer": 26}) + "\n")
+    evaluate(gen, load_dataset(str(data)), ["tale-ep:learned"], tmp_path / "run", policy=SCALED, max_tokens=CAP,
+             progress="none")
+    [path] = (tmp_path / "run" / "results").iterdir()
+    records = {
+        "pipeline": TalePipeline(gen, estimator="learned", policy=SCALED, format="chat", max_tokens=CAP)
+        .invoke(Q).to_dict(),
+        "runnable": TaleRunnable(chat, estimator="learned", policy=SCALED, answer_reserve=1, repair=False)
+        .invoke(Q).response_metadata["tale"],
+        "middleware": create_agent(chat, middleware=[TaleBudgetMiddleware(estimator="learned", policy=SCALED,
+                                                                          hard_cap=True, answer_reserve=1)])
+        .invoke({"messages": [HumanMessage(Q)]})["tale_budgets"][0],
+        "transform": TaleQueryTransform("learned", policy=SCALED).estimate(Q).to_dict(),
+        "query_engine": engine.query(Q).metadata["tale"],
+        "eval": json.loads(path.read_text().splitlines()[1]),
+    }
+    assert all(set(RECORD_KEYS) <= set(r) for r in records.values()), {k: set(RECORD_KEYS) - set(r)
+                                                                        for k, r in records.items()}
+    shown = {name: {k: r[k] for k in RECORD_KEYS if k != "estimator_usage"} for name, r in records.items()}
+    want = {"budget": expected(Q, SCALED), "budget_raw": raw(Q), "budget_source": "learned",
+            "budget_adjusted": "scaled", "estimator": "learned", "estimator_reply": None, "estimator_error": None}
+    assert shown == dict.fromkeys(shown, want)
+    # no model was asked: no estimator tokens in any form
+    assert all(r["estimator_usage"] is None or zero(r["estimator_usage"]) for r in records.values())
 
 
 # -- tale eval ---------------------------------------------------------------------------------------
@@ -387,7 +438,8 @@ def test_ask_uses_learned_by_default(tiny_model_dir, capsys):
         assert main(["ask", Q, "--model", str(tiny_model_dir), "--max-tokens", str(CAP), "--json", *argv]) == 0
         tale = json.loads(capsys.readouterr().out)["tale"]
         assert tale["estimator"] == "learned" and zero(tale["estimator_usage"])
-        assert tale["budget"] == {"tokens": expected(Q), "raw": raw(Q), "source": "learned", "adjusted": None}
+        assert (tale["budget"], tale["budget_raw"], tale["budget_source"], tale["budget_adjusted"]) == (
+            expected(Q), raw(Q), "learned", None)
         assert tale["messages"][-1]["content"] == question_prompt(Q, budget=expected(Q), format="chat")
         assert tale["total_usage"]["total_tokens"] == tale["usage"]["total_tokens"]
 
@@ -414,6 +466,7 @@ def test_ask_compare_adds_vanilla_and_zero_shot(tiny_model_dir, capsys):
     tale, zero_shot, vanilla = data["tale"], data["tale_zero_shot"], data["vanilla"]
     assert tale["estimator"] == "learned" and zero(tale["estimator_usage"])
     # --max-tokens 8 is the policy's cap: the learned estimate is lowered to it.
-    assert tale["budget"] == {"tokens": 8, "raw": raw(Q), "source": "learned", "adjusted": "lowered to cap"}
+    assert (tale["budget"], tale["budget_raw"], tale["budget_source"], tale["budget_adjusted"]) == (
+        8, raw(Q), "learned", "lowered to cap")
     assert zero_shot["estimator"].startswith("zero-shot") and zero_shot["estimator_usage"]["output_tokens"] > 0
     assert vanilla["budget"] is None and vanilla["estimator"] is None

@@ -11,14 +11,77 @@ Every integration (`TalePipeline`, `TaleRunnable`, `TaleBudgetMiddleware`, `Tale
   ``"estimator failed"`` when the estimator raised and ``"parse failed"`` when its reply had no budget;
 - an estimator that raises stops the call (`EstimatorError`, naming the estimator and the way out)
   unless the caller chose ``on_estimator_error="fallback"``.
+
+What was decided is recorded with one set of keys everywhere (`BudgetRecord.to_dict`, `RECORD_KEYS`):
+
+| key | meaning |
+|---|---|
+| ``budget`` | the budget written into the prompt; None for plain chain-of-thought |
+| ``budget_raw`` | the estimator's number (or the given budget) before scaling and clamping |
+| ``budget_source`` | the estimator's name, ``"caller"``, ``"fixed"`` or ``"fallback"`` |
+| ``budget_adjusted`` | why ``budget`` differs from ``budget_raw``: ``"scaled"``, ``"raised to floor"``, ``"lowered to cap"``, ``"parse failed"``, ``"estimator failed"`` (comma-joined) |
+| ``estimator`` | the estimator's name, when one ran |
+| ``estimator_reply`` | its reply text, when a model was asked |
+| ``estimator_error`` | why it gave no number, when it gave none |
+| ``estimator_usage`` | the tokens of its call, in the integration's own usage form |
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 from .budget import Budget, BudgetPolicy
 from .estimators import Estimate, EstimatorError
+from .generation import Usage
 
-__all__ = ["ON_ESTIMATOR_ERROR", "decide_budget", "estimator_failure"]
+__all__ = ["ON_ESTIMATOR_ERROR", "RECORD_KEYS", "BudgetRecord", "decide_budget", "estimator_failure"]
+
+#: The keys of every budget record, in order.
+RECORD_KEYS = ("budget", "budget_raw", "budget_source", "budget_adjusted", "estimator", "estimator_reply",
+               "estimator_error", "estimator_usage")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetRecord:
+    """What was decided for one question and what the estimator did (see the module's table).
+
+    Attributes:
+        budget: The decided `Budget`, or None when no budget applies (direct or vanilla asking).
+        estimator: The estimator's name, when one ran.
+        estimator_reply: Its reply text (None when empty).
+        estimator_error: Why it gave no number.
+        estimator_usage: The tokens of its call.
+    """
+
+    budget: Budget | None
+    estimator: str | None = None
+    estimator_reply: str | None = None
+    estimator_error: str | None = None
+    estimator_usage: Usage | None = None
+
+    @classmethod
+    def of(cls, budget: Budget | None, estimator: str | None = None, estimate: Estimate | None = None) -> BudgetRecord:
+        """The record of ``budget``, and of ``estimate`` when the estimator named ``estimator`` ran."""
+        if estimate is None:
+            return cls(budget=budget)
+        return cls(budget=budget, estimator=estimator, estimator_reply=estimate.reply or None,
+                   estimator_error=estimate.error, estimator_usage=estimate.usage)
+
+    def to_dict(self, usage: Callable[[Usage], Any] = Usage.to_dict) -> dict[str, Any]:
+        """The record under `RECORD_KEYS`; ``usage`` writes the estimator's usage in a framework's form."""
+        b = self.budget
+        return {
+            "budget": None if b is None else b.tokens,
+            "budget_raw": None if b is None else b.raw,
+            "budget_source": None if b is None else b.source,
+            "budget_adjusted": None if b is None else b.adjusted,
+            "estimator": self.estimator,
+            "estimator_reply": self.estimator_reply,
+            "estimator_error": self.estimator_error,
+            "estimator_usage": None if self.estimator_usage is None else usage(self.estimator_usage),
+        }
 
 #: The choices for what an estimator that raises does to the call.
 ON_ESTIMATOR_ERROR = ("raise", "fallback")

@@ -15,7 +15,7 @@ from typing import Any
 
 from .answers import AnswerKind, extract_answer
 from .budget import Budget, BudgetPolicy
-from .decision import ON_ESTIMATOR_ERROR, decide_budget, estimator_failure
+from .decision import ON_ESTIMATOR_ERROR, BudgetRecord, decide_budget, estimator_failure
 from .estimators import BudgetEstimator, Estimate, EstimatorError, ZeroShotEstimator, get_estimator
 from .generation import FinishReason, Generation, Generator, Usage
 from .prompts import (
@@ -63,6 +63,7 @@ class TaleResult:
         estimator: Name of the estimator that produced the budget, if one ran.
         estimator_reply: The estimator's reply text, if one ran.
         estimator_usage: Token usage of the estimator call, if one ran.
+        estimator_error: Why the estimator gave no number, when it gave none.
         usage: Token usage of the answer call.
         finish_reason: Why the answer ended (``"stop"`` or ``"length"``).
         model: The answering model's name.
@@ -81,6 +82,13 @@ class TaleResult:
     finish_reason: FinishReason
     model: str
     messages: tuple[Mapping[str, str], ...]
+    estimator_error: str | None = None
+
+    @property
+    def record(self) -> BudgetRecord:
+        """The budget record (`core.decision.RECORD_KEYS`, the keys every integration writes)."""
+        return BudgetRecord(budget=self.budget, estimator=self.estimator, estimator_reply=self.estimator_reply or None,
+                            estimator_error=self.estimator_error, estimator_usage=self.estimator_usage)
 
     @property
     def total_usage(self) -> Usage:
@@ -88,16 +96,13 @@ class TaleResult:
         return self.usage if self.estimator_usage is None else self.estimator_usage + self.usage
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form (JSON-serialisable)."""
+        """Plain-dict form (JSON-serialisable); the budget under `core.decision.RECORD_KEYS`."""
         return {
             "question": self.question,
             "text": self.text,
             "answer": self.answer,
             "mode": str(self.mode),
-            "budget": None if self.budget is None else self.budget.to_dict(),
-            "estimator": self.estimator,
-            "estimator_reply": self.estimator_reply,
-            "estimator_usage": None if self.estimator_usage is None else self.estimator_usage.to_dict(),
+            **self.record.to_dict(),
             "usage": self.usage.to_dict(),
             "total_usage": self.total_usage.to_dict(),
             "finish_reason": self.finish_reason,
@@ -316,6 +321,7 @@ class TalePipeline:
                     estimator=None if est is None else self.estimator.name,
                     estimator_reply=None if est is None else est.reply,
                     estimator_usage=None if est is None else est.usage,
+                    estimator_error=None if est is None else est.error,
                     usage=gen.usage,
                     finish_reason=gen.finish_reason,
                     model=gen.model,

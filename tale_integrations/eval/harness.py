@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from ..core.answers import AnswerKind, answers_match, choices_match
 from ..core.budget import BudgetPolicy
+from ..core.decision import RECORD_KEYS
 from ..core.estimators import BudgetEstimator
 from ..core.generation import Generator
 from ..core.prompts import PROMPT_VERSION, PromptStyle
@@ -99,14 +100,10 @@ def make_record(example: Example, outcome: Outcome) -> dict[str, Any]:
         "input_tokens": outcome.usage.input_tokens,
         "counter": outcome.usage.counter,
         "usage": outcome.usage.to_dict(),
-        "budget": outcome.budget,
-        "budget_raw": outcome.budget_raw,
-        "budget_source": outcome.budget_source,
-        "budget_adjusted": outcome.budget_adjusted,
-        "estimator": outcome.estimator,
-        "estimator_model": outcome.estimator_model,
-        "estimator_reply": outcome.estimator_reply,
+        # the budget record (core.decision.RECORD_KEYS), then which model estimated
+        **{key: getattr(outcome, key) for key in RECORD_KEYS if key != "estimator_usage"},
         "estimator_usage": None if outcome.estimator_usage is None else outcome.estimator_usage.to_dict(),
+        "estimator_model": outcome.estimator_model,
         "oracle_status": outcome.oracle_status,
         "messages": [dict(m) for m in outcome.messages],
     }

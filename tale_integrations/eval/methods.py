@@ -151,6 +151,7 @@ class Outcome:
     estimator: str | None = None
     estimator_model: str | None = None
     estimator_reply: str | None = None
+    estimator_error: str | None = None
     estimator_usage: Usage | None = None
     oracle_status: str | None = None
 
@@ -276,7 +277,8 @@ class MethodRunner:
             budget_source=None if budget is None else budget.source,
             budget_adjusted=None if budget is None else budget.adjusted,
             estimator=result.estimator, estimator_model=self.estimator_model if result.estimator else None,
-            estimator_reply=result.estimator_reply, estimator_usage=result.estimator_usage, oracle_status=status,
+            estimator_reply=result.estimator_reply or None, estimator_error=result.estimator_error,
+            estimator_usage=result.estimator_usage, oracle_status=status,
         )
 
     def _from_generation(self, example: Example, prompt: list[dict[str, str]], gen: Generation) -> Outcome:

@@ -31,8 +31,8 @@ from langchain_core.runnables.config import RunnableConfig, ensure_config
 from langgraph.types import Command
 from typing_extensions import NotRequired
 
-from ..core.budget import Budget, BudgetPolicy
-from ..core.decision import decide_budget, estimator_failure
+from ..core.budget import BudgetPolicy
+from ..core.decision import RECORD_KEYS, BudgetRecord, decide_budget, estimator_failure
 from ..core.estimators import BudgetEstimator, Estimate, EstimatorError, is_zero_shot
 from ..core.prompts import EstimationPrompt, QuestionFormat
 from ._adapters import (
@@ -47,10 +47,11 @@ class TaleAgentState(AgentState[ResponseT]):
     """Agent state with TALE's record: one dict per model call the middleware budgeted.
 
     Each record: ``message_id`` (the human message the budget belongs to: its id, or a hash of
-    its text when it has none), ``budget``, ``budget_raw``, ``budget_source``, ``budget_adjusted``,
-    ``estimator``, ``estimated`` (True on the call that ran the estimator, False when the turn's
-    budget was reused), ``estimator_usage`` (that call only), ``max_tokens`` (the hard cap, or
-    None) and ``usage`` (the model call's ``usage_metadata``).
+    its text when it has none), the budget record (`core.decision.RECORD_KEYS`: ``budget``,
+    ``budget_raw``, ``budget_source``, ``budget_adjusted``, ``estimator``, ``estimator_reply``,
+    ``estimator_error``, ``estimator_usage``, the last for the estimating call only), ``estimated``
+    (True on the call that ran the estimator, False when the turn's budget was reused),
+    ``max_tokens`` (the hard cap, or None) and ``usage`` (the model call's ``usage_metadata``).
     """
 
     tale_budgets: NotRequired[Annotated[list[dict[str, Any]], operator.add]]
@@ -178,34 +179,28 @@ class TaleBudgetMiddleware(AgentMiddleware[TaleAgentState[Any], Any]):
         limit = min(limits) if limits else None
         estimate = None
         if turn.cached is not None:
-            record = {k: turn.cached.get(k) for k in ("budget", "budget_raw", "budget_source", "budget_adjusted",
-                                                      "estimator")}
+            record = {k: turn.cached.get(k) for k in RECORD_KEYS}
+            record["estimator_usage"] = None  # counted once, on the call that estimated
         else:
             if self.budget is None:
                 if not isinstance(estimates, list) or len(estimates) != 1:
                     raise EstimatorError(f"the budget estimator {estimator!r} returned {estimates!r} for one question")
                 estimate = estimates[0]
             budget = decide_budget(self.policy, estimate=estimate, estimator=estimator, fixed=self.budget, limit=limit)
-            record = self._budget_record(budget, estimator)
+            decided = BudgetRecord.of(budget, estimator, estimate) if estimate is not None else \
+                BudgetRecord(budget=budget, estimator=estimator)
+            record = decided.to_dict(usage=to_usage_metadata)
         tokens = record["budget"]
         cap = None
         if self.hard_cap and tokens is not None and accepts_max_tokens(request.model):
             cap = min([tokens + self.answer_reserve, *limits])
-        record.update(
-            message_id=turn.key, estimated=estimate is not None, max_tokens=cap,
-            estimator_usage=None if estimate is None else to_usage_metadata(estimate.usage),
-        )
+        record.update(message_id=turn.key, estimated=estimate is not None, max_tokens=cap)
         overrides: dict[str, Any] = {
             "messages": budgeted_messages(request.messages, turn.index, turn.question, tokens, format=self.format)
         }
         if cap is not None:
             overrides["model_settings"] = {**request.model_settings, "max_tokens": cap}
         return request.override(**overrides), record
-
-    @staticmethod
-    def _budget_record(budget: Budget, estimator: str | None) -> dict[str, Any]:
-        return {"budget": budget.tokens, "budget_raw": budget.raw, "budget_source": budget.source,
-                "budget_adjusted": budget.adjusted, "estimator": estimator}
 
     @staticmethod
     def _record(response: ModelResponse, record: dict[str, Any]) -> ExtendedModelResponse:

@@ -28,7 +28,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from typing_extensions import Self
 
 from ..core.budget import Budget, BudgetPolicy
-from ..core.decision import decide_budget, estimator_failure
+from ..core.decision import BudgetRecord, decide_budget, estimator_failure
 from ..core.estimators import BudgetEstimator, Estimate, EstimatorError
 from ..core.prompts import PROMPT_VERSION, REPAIR_PROMPT, EstimationPrompt, QuestionFormat, repair_prompt
 from ._adapters import (
@@ -163,13 +163,9 @@ class TaleRunnable(FlowDrivers, RunnableSerializable[TaleInput, AIMessage]):
         return tokens + self.answer_reserve if own is None else min(own, tokens + self.answer_reserve)
 
     def _header(self, budget: Budget, estimate: Estimate | None, cap: int | None) -> dict[str, Any]:
+        name = None if estimate is None else self._estimator.name
         return {
-            "budget": budget.tokens, "budget_raw": budget.raw, "budget_source": budget.source,
-            "budget_adjusted": budget.adjusted,
-            "estimator": None if estimate is None else self._estimator.name,
-            "estimator_reply": None if estimate is None else estimate.reply or None,
-            "estimator_error": None if estimate is None else estimate.error,
-            "estimator_usage": None if estimate is None else to_usage_metadata(estimate.usage),
+            **BudgetRecord.of(budget, name, estimate).to_dict(usage=to_usage_metadata),
             "max_tokens": cap, "format": str(self.format), "prompt_version": PROMPT_VERSION,
         }
 

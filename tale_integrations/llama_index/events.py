@@ -33,6 +33,7 @@ from llama_index.core.instrumentation.events.llm import LLMChatEndEvent, LLMComp
 from llama_index.core.instrumentation.span_handlers import NullSpanHandler
 
 from ..core.budget import Budget
+from ..core.decision import BudgetRecord
 from ..core.generation import Usage
 from ._adapters import usage_from_response
 
@@ -57,22 +58,19 @@ class TaleBudgetEvent(BaseEvent):
 
     Attributes:
         query_str: The user's question (as retrieval sees it).
-        budget: The budget written into the prompt; None for plain chain-of-thought.
-        raw: The estimator's number before scaling and clamping.
-        source: Who produced the budget: the estimator's name, ``"caller"`` or ``"fallback"``.
-        adjusted: Why ``budget`` differs from ``raw`` (``"raised to floor"``, ``"estimator failed"``...).
-        estimator: The estimator's name.
-        estimator_reply: The estimator model's reply text, if a model was asked.
-        estimator_usage: Token usage of the estimator call (`Usage.to_dict`), if a model was asked.
+        budget, budget_raw, budget_source, budget_adjusted, estimator, estimator_reply, estimator_error,
+            estimator_usage: The budget record, as every integration writes it (`core.decision`);
+            ``estimator_usage`` (`Usage.to_dict`) only when a model was asked.
     """
 
     query_str: str
     budget: int | None
-    raw: int | None = None
-    source: str
-    adjusted: str | None = None
+    budget_raw: int | None = None
+    budget_source: str | None = None
+    budget_adjusted: str | None = None
     estimator: str | None = None
     estimator_reply: str | None = None
+    estimator_error: str | None = None
     estimator_usage: dict[str, Any] | None = None
 
     @classmethod
@@ -133,6 +131,7 @@ class TaleRun:
         budget: The resolved `Budget`, or None when no budget was estimated (see ``skipped``).
         estimator: The estimator's name, if one ran.
         estimator_reply: The estimator model's reply, if a model was asked.
+        estimator_error: Why the estimator gave no number, when it gave none.
         calls: Every model call, in order: the estimator's, then the answer's.
         skipped: Why no budget was estimated (nothing retrieved; a synthesizer that writes no answer).
         complete: False while a streamed answer is still being consumed (its calls are not all in).
@@ -142,6 +141,7 @@ class TaleRun:
     budget: Budget | None
     estimator: str | None = None
     estimator_reply: str | None = None
+    estimator_error: str | None = None
     calls: tuple[TaleCall, ...] = ()
     skipped: str | None = None
     complete: bool = True
@@ -150,14 +150,19 @@ class TaleRun:
         """Total usage of the calls of ``role`` (``"estimator"``, ``"answer"``), or of all calls."""
         return sum_usage([c.usage for c in self.calls if role is None or c.role == role])
 
+    @property
+    def record(self) -> BudgetRecord:
+        """The budget record (`core.decision.RECORD_KEYS`); its usage is the estimator's model calls."""
+        asked = any(c.role == "estimator" for c in self.calls)
+        return BudgetRecord(budget=self.budget, estimator=self.estimator, estimator_reply=self.estimator_reply or None,
+                            estimator_error=self.estimator_error,
+                            estimator_usage=self.usage("estimator") if asked else None)
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain-dict (JSON-serialisable) form."""
+        """Plain-dict (JSON-serialisable) form: the question, the budget record, the calls and their usage."""
         return {
             "question": self.question,
-            "budget": None if self.budget is None else self.budget.tokens,
-            "budget_detail": None if self.budget is None else self.budget.to_dict(),
-            "estimator": self.estimator,
-            "estimator_reply": self.estimator_reply,
+            **self.record.to_dict(),
             "skipped": self.skipped,
             "complete": self.complete,
             "calls": [c.to_dict() for c in self.calls],

@@ -181,7 +181,7 @@ class TaleQueryTransform(BaseQueryTransform):
         name = self._estimator.name
         [failed] = estimator_failure(name, exc, self._on_estimator_error)
         return self._decided(question, decide_budget(self._policy, estimate=failed, estimator=name), None,
-                             callback_manager)
+                             callback_manager, error=failed.error)
 
     def _estimated(self, question: str, estimates: Any, callback_manager: CallbackManager | None) -> TaleRun:
         if not isinstance(estimates, list) or len(estimates) != 1 or not isinstance(estimates[0], Estimate):
@@ -193,7 +193,7 @@ class TaleQueryTransform(BaseQueryTransform):
                              est, callback_manager)
 
     def _decided(self, question: str, budget: Budget, est: Estimate | None,
-                 callback_manager: CallbackManager | None) -> TaleRun:
+                 callback_manager: CallbackManager | None, error: str | None = None) -> TaleRun:
         generator = getattr(self._estimator, "generator", None)
         calls: tuple[TaleCall, ...] = ()
         reply = None
@@ -203,11 +203,9 @@ class TaleQueryTransform(BaseQueryTransform):
             if not isinstance(generator, LlamaIndexGenerator) and est.usage.counter != "none":
                 self._report(question, est, callback_manager)
         estimator = None if budget.source == "caller" else self._estimator.name
-        run = TaleRun(question=question, budget=budget, estimator=estimator, estimator_reply=reply, calls=calls)
-        dispatcher.event(TaleBudgetEvent(
-            query_str=question, budget=budget.tokens, raw=budget.raw, source=budget.source, adjusted=budget.adjusted,
-            estimator=run.estimator, estimator_reply=reply, estimator_usage=calls[0].usage.to_dict() if calls else None,
-        ))
+        run = TaleRun(question=question, budget=budget, estimator=estimator, estimator_reply=reply,
+                      estimator_error=error if est is None else est.error, calls=calls)
+        dispatcher.event(TaleBudgetEvent(query_str=question, **run.record.to_dict()))
         return run
 
     def _report(self, question: str, est: Estimate, callback_manager: CallbackManager | None) -> None:

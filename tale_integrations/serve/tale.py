@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.budget import Budget, BudgetPolicy
-from ..core.decision import decide_budget
+from ..core.decision import BudgetRecord, decide_budget
 from ..core.estimators import BudgetEstimator, ZeroShotEstimator
 from ..core.generation import Usage
 from ..core.prompts import QuestionFormat, question_prompt
@@ -46,6 +46,7 @@ class TalePlan:
         estimator: The estimator's name when one ran.
         estimator_reply: Its reply text.
         estimator_usage: Its token usage.
+        estimator_error: Why it gave no number, when it gave none.
         enforce: Whether the answer is held to the budget while decoding.
     """
 
@@ -54,6 +55,7 @@ class TalePlan:
     estimator: str | None = None
     estimator_reply: str | None = None
     estimator_usage: Usage | None = None
+    estimator_error: str | None = None
     enforce: bool = False
 
     @property
@@ -62,17 +64,11 @@ class TalePlan:
         return self.budget.tokens if self.enforce else None
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``tale`` object of a response."""
-        return {
-            "budget": self.budget.tokens,
-            "raw_estimate": self.budget.raw,
-            "source": self.budget.source,
-            "adjusted": self.budget.adjusted,
-            "estimator": self.estimator,
-            "estimator_reply": self.estimator_reply,
-            "estimator_usage": None if self.estimator_usage is None else openai_usage(self.estimator_usage),
-            "enforced": self.enforce,
-        }
+        """The ``tale`` object of a response: the budget record (`core.decision.RECORD_KEYS`), usage in
+        OpenAI's form, and whether the budget was enforced."""
+        record = BudgetRecord(budget=self.budget, estimator=self.estimator, estimator_reply=self.estimator_reply or None,
+                              estimator_error=self.estimator_error, estimator_usage=self.estimator_usage)
+        return {**record.to_dict(usage=openai_usage), "enforced": self.enforce}
 
 
 async def plan_budget(
@@ -101,11 +97,11 @@ async def plan_budget(
     policy = policy or BudgetPolicy()
     last = max(i for i, m in enumerate(messages) if m["role"] == "user")
     question = messages[last]["content"]
-    name = reply = usage = None
+    name = reply = usage = error = None
     if budget == "auto":
         chosen = estimator or ZeroShotEstimator(BatchedGenerator(batcher, cancel=cancel))
         [estimate] = await chosen.aestimate([question])
-        name, reply, usage = chosen.name, estimate.reply, estimate.usage
+        name, reply, usage, error = chosen.name, estimate.reply, estimate.usage, estimate.error
         resolved = decide_budget(policy, estimate=estimate, estimator=chosen.name, limit=limit)
     else:
         assert isinstance(budget, int)
@@ -116,5 +112,5 @@ async def plan_budget(
                                                                       format=QuestionFormat.CHAT)}
     return TalePlan(
         messages=rewritten, budget=resolved, estimator=name, estimator_reply=reply,
-        estimator_usage=usage, enforce=enforce and resolved.tokens is not None,
+        estimator_usage=usage, estimator_error=error, enforce=enforce and resolved.tokens is not None,
     )

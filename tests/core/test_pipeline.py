@@ -263,7 +263,8 @@ def test_estimator_returning_wrong_count_is_an_error():
 def test_result_to_dict_is_json_serialisable():
     result = TalePipeline(echo_generator()).invoke("q")
     data = json.loads(json.dumps(result.to_dict()))
-    assert data["budget"]["tokens"] == 40
+    assert (data["budget"], data["budget_raw"], data["budget_adjusted"]) == (40, 40, None)
+    assert data["budget_source"] == data["estimator"] and data["estimator_reply"] and data["estimator_error"] is None
     assert data["usage"] == {"input_tokens": 10, "output_tokens": 5, "cached_input_tokens": 0,
                              "reasoning_tokens": 0, "counter": "reported", "total_tokens": 15}
     assert data["total_usage"]["total_tokens"] == 30

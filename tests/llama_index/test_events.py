@@ -65,20 +65,22 @@ def test_run_record_and_usage_totals():
     assert done.usage().total_tokens == 13 + 120 + 95
     d = done.to_dict()
     assert json.loads(json.dumps(d)) == d
-    assert (d["budget"], d["budget_detail"]["source"], d["complete"], d["skipped"]) == (40, "zero-shot:m", True, None)
+    assert (d["budget"], d["budget_source"], d["complete"], d["skipped"]) == (40, "zero-shot:m", True, None)
     assert d["calls"][0] == {"role": "estimator", "model": "m", **est.to_dict()}
     assert d["usage"]["total"]["total_tokens"] == 228
     event = done.event()
     assert isinstance(event, TaleUsageEvent) and event.calls == d["calls"] and event.usage == d["usage"]
     skipped = TaleRun(question="q", budget=None, skipped="no nodes retrieved").to_dict()
-    assert (skipped["budget"], skipped["budget_detail"], skipped["usage"]["total"]["counter"]) == (None, None, "none")
+    assert (skipped["budget"], skipped["budget_raw"], skipped["usage"]["total"]["counter"]) == (None, None, "none")
     assert sum_usage([]) == Usage(counter="none")
 
 
 def test_event_classes():
-    event = TaleBudgetEvent(query_str="q", budget=40, raw=12, source="zero-shot:m", adjusted="raised to floor")
+    event = TaleBudgetEvent(query_str="q", budget=40, budget_raw=12, budget_source="zero-shot:m",
+                            budget_adjusted="raised to floor")
     dumped = event.model_dump()
-    assert (dumped["class_name"], dumped["budget"], dumped["adjusted"]) == ("TaleBudgetEvent", 40, "raised to floor")
+    assert (dumped["class_name"], dumped["budget"], dumped["budget_adjusted"]) == (
+        "TaleBudgetEvent", 40, "raised to floor")
     assert TaleUsageEvent.class_name() == "TaleUsageEvent"
 
 

@@ -177,7 +177,7 @@ def test_transform_budgets_the_query_and_keeps_the_embedding_strings(estimator, 
     assert bundle.query_str == BUDGETED
     assert bundle.embedding_strs == [Q]
     [event] = [e for e in events if isinstance(e, TaleBudgetEvent)]
-    assert (event.query_str, event.budget, event.raw, event.source) == (Q, 40, 40, "zero-shot:estimator")
+    assert (event.query_str, event.budget, event.budget_raw, event.budget_source) == (Q, 40, 40, "zero-shot:estimator")
     assert event.estimator_reply == "[[40]]" * 3
     n_in, n_out = usage(estimator_gen, estimation_messages(Q), 3)
     assert (event.estimator_usage["input_tokens"], event.estimator_usage["output_tokens"]) == (n_in, n_out)
@@ -274,7 +274,8 @@ def test_default_estimator_is_the_answering_llm_and_token_counting_sees_both_cal
     response = engine.query(Q)
     meta = response.metadata["tale"]
     # The scripted answerer replies " 7 7 ...", which holds no [[budget]]: the policy's fallback applies.
-    assert meta["budget_detail"] == {"tokens": 128, "raw": None, "source": "fallback", "adjusted": "parse failed"}
+    assert (meta["budget"], meta["budget_raw"], meta["budget_source"], meta["budget_adjusted"]) == (
+        128, None, "fallback", "parse failed")
     assert meta["estimator"] == "zero-shot:answerer"
     estimate_row, answer_row = spy.rows
     assert estimate_row == estimation_messages(Q)
@@ -472,7 +473,9 @@ async def test_estimator_failure_raises_or_falls_back(index, llm, answer_gen, mo
     lenient = TaleQueryEngine(index.as_query_engine(llm=llm), failing, on_estimator_error="fallback",
                               policy=BudgetPolicy(fallback_budget=64))
     meta = lenient.query(Q).metadata["tale"]
-    assert meta["budget_detail"] == {"tokens": 64, "raw": None, "source": "fallback", "adjusted": "estimator failed"}
+    assert (meta["budget"], meta["budget_raw"], meta["budget_source"], meta["budget_adjusted"]) == (
+        64, None, "fallback", "estimator failed")
+    assert "estimator failed" in meta["estimator_error"]
     assert "use less than 64 tokens" in spy.rows[0][-1]["content"]
 
 

@@ -168,7 +168,7 @@ def test_tale_budget_rewrites_the_last_user_message(serve, seven):
     assert r.usage.prompt_tokens == len(seven.encode_chat(budgeted))
     assert r.usage.completion_tokens == 5
     tale = r.model_dump()["tale"]
-    assert tale["budget"] == 30 and tale["raw_estimate"] == 30 and tale["source"] == "caller"
+    assert tale["budget"] == 30 and tale["budget_raw"] == 30 and tale["budget_source"] == "caller"
     assert tale["estimator"] is None and tale["estimator_usage"] is None and tale["enforced"] is False
 
 
@@ -178,7 +178,7 @@ def test_tale_auto_estimates_with_the_served_model(serve, scripted_generator):
     r = client(url).chat.completions.create(model="forty", messages=user(QUESTION), max_tokens=50,
                                             extra_body={"tale_budget": "auto"})
     tale = r.model_dump()["tale"]
-    assert tale["budget"] == 40 and tale["raw_estimate"] == 40
+    assert tale["budget"] == 40 and tale["budget_raw"] == 40
     assert tale["estimator"] == "zero-shot:forty"
     est = tale["estimator_usage"]
     assert est["prompt_tokens"] == len(gen.encode_chat(estimation_messages(QUESTION)))
@@ -194,7 +194,7 @@ def test_tale_auto_budget_is_capped_by_max_tokens_and_streams_on_the_first_chunk
     chunks = list(client(url).chat.completions.create(
         model="forty", messages=user(QUESTION), max_tokens=30, stream=True, extra_body={"tale_budget": "auto"}))
     tale = chunks[0].model_dump()["tale"]
-    assert tale["budget"] == 30 and tale["raw_estimate"] == 40 and "lowered to cap" in tale["adjusted"]
+    assert tale["budget"] == 30 and tale["budget_raw"] == 40 and "lowered to cap" in tale["budget_adjusted"]
 
 
 def test_tale_enforce_holds_the_answer_to_its_budget(serve, scripted_generator):

@@ -49,10 +49,20 @@ def spy(generator: Any, method: str = "generate") -> list[dict[str, Any]]:
 
 
 def check_tale(tale: dict[str, Any]) -> None:
+    """The budget record with the keys and values every integration writes (the pipeline's, here)."""
+    from tale_integrations import FunctionGenerator, TalePipeline
+    from tale_integrations.core.decision import RECORD_KEYS
+
     assert tale["estimator"] == "learned"
     assert tale["estimator_usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    assert (tale["budget"], tale["raw_estimate"], tale["source"], tale["adjusted"]) == (BUDGET, RAW, "learned", None)
+    assert (tale["budget"], tale["budget_raw"], tale["budget_source"], tale["budget_adjusted"]) == (
+        BUDGET, RAW, "learned", None)
     assert tale["enforced"] is False
+    pipeline = TalePipeline(FunctionGenerator(lambda messages, **_: "x"), estimator="learned", format="chat",
+                            max_tokens=MAX_TOKENS).invoke(QUESTION).to_dict()
+    assert set(RECORD_KEYS) <= set(tale)
+    keys = [k for k in RECORD_KEYS if k != "estimator_usage"]  # usage: each framework's own form
+    assert {k: tale[k] for k in keys} == {k: pipeline[k] for k in keys}
 
 
 def test_the_budget_fits_the_request():
@@ -79,8 +89,8 @@ def test_auto_budget_streams_the_learned_tale_object(serve, seven):
         model="seven", messages=user(QUESTION), max_tokens=5, stream=True, extra_body={"tale_budget": "auto"}))
     tale = chunks[0].model_dump()["tale"]
     # The request's max_tokens (5) caps the estimate, exactly as for the zero-shot estimator.
-    assert (tale["budget"], tale["raw_estimate"], tale["estimator"]) == (5, RAW, "learned")
-    assert "lowered to cap" in tale["adjusted"] and tale["estimator_usage"]["total_tokens"] == 0
+    assert (tale["budget"], tale["budget_raw"], tale["estimator"]) == (5, RAW, "learned")
+    assert "lowered to cap" in tale["budget_adjusted"] and tale["estimator_usage"]["total_tokens"] == 0
     assert calls == []  # no estimator call went through the batcher
     [stream] = streams
     assert stream["prompts"] == user(question_prompt(QUESTION, budget=5, format="chat"))
