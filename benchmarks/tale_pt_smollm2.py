@@ -218,16 +218,18 @@ def summarize(args: argparse.Namespace) -> int:
                          "evaluation_gsm8k_test": r["evaluation_gsm8k_test"],
                          "training": {k: {x: v.get(x) for x in ("data", "steps", "final_loss", "hyperparameters")}
                                       for k, v in r["training"].items()},
-                         "seconds": r["total_seconds_this_invocation"]} for r in runs],
-           "spread": spread, "settings": runs[0]["settings"], "machine": runs[0]["machine"],
+                         "seconds": r["total_seconds_this_invocation"],
+                         "torch_threads": r["machine"]["torch_threads"]} for r in runs],
+           "spread": spread, "settings": {k: v for k, v in runs[0]["settings"].items() if k not in ("seed", "threads")},
+           "machine": {k: v for k, v in runs[0]["machine"].items() if k != "torch_threads"},
            "paper_table5_gsm8k_zero_llama31_8b": runs[0]["paper_table5_gsm8k_zero_llama31_8b"]}
     target = Path(__file__).resolve().parent / "results" / "tale_pt_smollm2.json"
     target.write_text(json.dumps(out, indent=1) + "\n")
     for table, title in (("evaluation", "GSM8K-Zero held-out"), ("evaluation_gsm8k_test", "GSM8K test")):
         print(f"\n{title}, seeds {out['seeds']}: median [min, max]")
         for name, d in spread[table].items():
-            cells = "  ".join(f"{k} {d[k]['median']:.3g} [{d[k]['min']:.3g}, {d[k]['max']:.3g}]"
-                              for k in ("acc", "mean_output_tokens", "token_ratio", "copied_example", "restated_number"))
+            shown = ("acc", "mean_output_tokens", "token_ratio", "copied_example", "restated_number")
+            cells = "  ".join(f"{k} {d[k]['median']:.3g} [{d[k]['min']:.3g}, {d[k]['max']:.3g}]" for k in shown)
             print(f"  {name:<14} {cells}")
     print(f"\nwritten: {target}")
     return 0
