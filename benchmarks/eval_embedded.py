@@ -8,11 +8,13 @@ Last, it prints the section for benchmarks/README.md, with the `tale eval` comma
 the paper's GPT-4o-mini table for users with an API key.
 
     python benchmarks/eval_embedded.py [--limit 100] [--max-tokens 256] [--batch-size 16] [--out DIR] [--threads N]
+        [--json benchmarks/results/eval_embedded.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import tempfile
@@ -30,14 +32,14 @@ PAPER_COMMAND = """\
 The paper's Table (GPT-4o-mini, ACC / mean output tokens) is reproduced with the whole test sets
 the shared data folder holds (GSM8K 1,319, GSM8K-Zero 2,978, MathBench-Arithmetic 300,
 MathBench-Middle 150 questions; MathBench-High and -College are not in it) and the paper's
-sampling (output cap 1024, temperature 0.1, seed 1024):
+sampling (output cap 1024, temperature 0.1, seed 1024), all of which `--paper` sets along with the
+scripts' prompts, system messages, estimator input and budget policy (docs/paper_mode.md):
 
 ```bash
 export OPENAI_API_KEY=sk-...
-tale eval --model openai:gpt-4o-mini \\
+tale eval --paper --model openai:gpt-4o-mini \\
   --dataset gsm8k,gsm8k-zero,mathbench-arithmetic,mathbench-middle \\
-  --methods direct,vanilla,tale-ep \\
-  --max-tokens 1024 --temperature 0.1 --seed 1024 --concurrency 8 \\
+  --methods direct,vanilla,tale-ep --concurrency 8 \\
   --out runs/gpt-4o-mini-paper
 tale report runs/gpt-4o-mini-paper --counter cl100k_base
 ```
@@ -48,8 +50,8 @@ connection, Ctrl-C), the same command resumes it without asking any finished que
 counts tokens for every model; without it the table shows the provider-reported usage (gpt-4o-mini
 counts with `o200k_base`). Expense is computed from the provider-reported usage of every call
 (the TALE-EP estimator call included, and shown apart) and the default price table (gpt-4o-mini
-$0.15 / $0.60 per 1M input / output tokens); pass `--prices FILE` to use your own. Anchors
-(TALE_SPEC.md §7): vanilla CoT 81.35% / 318.10 tokens and TALE-EP 84.46% / 77.26 on GSM8K,
+$0.15 / $0.60 per 1M input / output tokens); pass `--prices FILE` to use your own. The paper's
+numbers: vanilla CoT 81.35% / 318.10 tokens and TALE-EP 84.46% / 77.26 on GSM8K,
 99.50% / 252.96 and 98.72% / 22.67 on GSM8K-Zero. Add `be-concise,ccot:100,cod,fixed:50` to
 `--methods` for the baselines, and `oracle --search-file FILE` for the searched-budget upper bound.
 """
@@ -64,6 +66,7 @@ def main() -> None:
     parser.add_argument("--out", help="run folder (default: a folder in the temp dir named after the settings)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is often "
                         "faster on a busy shared machine)")
+    parser.add_argument("--json", metavar="PATH", help="also write the settings, timings and both reports here")
     args = parser.parse_args()
     out = args.out or os.path.join(tempfile.gettempdir(), f"tale-eval-embedded-n{args.limit}-t{args.max_tokens}")
 
@@ -109,6 +112,18 @@ def main() -> None:
         print(f"| {m.label} | {100 * m.accuracy:.1f}% | {m.output_tokens:.1f} | {tok_ratio} | {seconds:.1f} ({new}) "
               f"| {time_ratio} |")
     print("\n" + PAPER_COMMAND)
+    if args.json:
+        figures = {
+            "benchmark": "eval_embedded", "dataset": "gsm8k-zero", "limit": args.limit, "max_tokens": args.max_tokens,
+            "batch_size": args.batch_size, "methods": args.methods, "style": "default",
+            "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "platform": platform.platform()},
+            "wall_seconds": {name: {"seconds": round(s, 1), "new_questions": n} for name, (s, n) in timings.items()},
+            "metrics": [m.to_dict() for m in report.metrics],
+            "metrics_cl100k": [m.to_dict() for m in recounted.metrics],
+        }
+        with open(args.json, "w", encoding="utf-8") as f:
+            f.write(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

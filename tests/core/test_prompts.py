@@ -1,6 +1,6 @@
 """Golden tests for tale_integrations.core.prompts.
 
-The expected strings are written out literally from TALE_SPEC.md §2 (never rebuilt from the
+The expected strings are written out literally from the reference scripts' strings (never rebuilt from the
 module's own constants), so any drift in capitalisation, spacing or punctuation fails here.
 """
 
