@@ -7,6 +7,7 @@ chain-of-thought (no budget) is the reference. Token elasticity shows in the pro
 a smaller B does not give a shorter answer.
 
     python benchmarks/budget_enforcement.py [--questions 30] [--budgets 10,25,50,100] [--max-tokens 256]
+        [--json benchmarks/results/budget_enforcement.json]
 """
 
 from __future__ import annotations
@@ -32,6 +33,20 @@ def load(n: int) -> list[dict]:
         return [json.loads(line) for _, line in zip(range(n), f)]
 
 
+def figures(label: str, budget: int | None, reserve: int, results, golds) -> dict:
+    """The raw figures of one row (shares as fractions)."""
+    tokens = [r.usage.output_tokens for r in results]
+    n = len(tokens)
+    return {
+        "budgets": label, "budget": budget, "mean_output_tokens": statistics.mean(tokens),
+        "within_budget": None if budget is None else sum(t <= budget for t in tokens) / n,
+        "within_budget_and_reserve": None if budget is None else sum(t <= budget + reserve for t in tokens) / n,
+        "answer_extracted": sum(r.answer is not None for r in results) / n,
+        "correct": sum(answers_match(r.answer, g, text=r.text) for r, g in zip(results, golds, strict=True)) / n,
+        "hit_cap": sum(r.finish_reason == "length" for r in results) / n,
+    }
+
+
 def row(label: str, budget: int | None, reserve: int, results, golds) -> str:
     tokens = [r.usage.output_tokens for r in results]
     limit = None if budget is None else budget + reserve
@@ -49,6 +64,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=30)
     parser.add_argument("--budgets", default="10,25,50,100")
     parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--json", metavar="PATH", help="also write every row's raw figures here")
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     items = load(args.questions)
@@ -65,14 +81,24 @@ def main() -> None:
           f"{platform.machine()}, {os.cpu_count()} cores")
     print("| budgets | B | mean output tokens | within B | within B + reserve | answer extracted | correct | hit cap |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
+
+    def report(label: str, budget: int | None, results) -> None:
+        print(row(label, budget, enforcement.answer_reserve, results, golds), flush=True)
+        rows.append(figures(label, budget, enforcement.answer_reserve, results, golds))
+
     vanilla = TalePipeline(plain, mode="vanilla", max_tokens=args.max_tokens).batch(questions)
-    print(row("none (vanilla CoT)", None, enforcement.answer_reserve, vanilla, golds), flush=True)
+    report("none (vanilla CoT)", None, vanilla)
     for b in budgets:
-        prompt_only = TalePipeline(plain, budget=b, max_tokens=args.max_tokens).batch(questions)
-        print(row("prompt only", b, enforcement.answer_reserve, prompt_only, golds), flush=True)
-        held = TalePipeline(enforced, budget=b, max_tokens=args.max_tokens).batch(questions)
-        print(row("enforced", b, enforcement.answer_reserve, held, golds), flush=True)
-    print(f"({time.perf_counter() - start:.0f} s)")
+        report("prompt only", b, TalePipeline(plain, budget=b, max_tokens=args.max_tokens).batch(questions))
+        report("enforced", b, TalePipeline(enforced, budget=b, max_tokens=args.max_tokens).batch(questions))
+    seconds = time.perf_counter() - start
+    print(f"({seconds:.0f} s)")
+    if args.json:
+        out = {"benchmark": "budget_enforcement", "questions": len(questions), "dataset": "gsm8k-zero",
+               "max_tokens": args.max_tokens, "enforcement": enforcement.to_dict(), "seconds": round(seconds, 1),
+               "machine": {"machine": platform.machine(), "cpu_count": os.cpu_count()}, "rows": rows}
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":
