@@ -14,6 +14,7 @@ Framework adapters and backends live in subpackages and need their extras.
 
 from .core.answers import AnswerKind, extract_answer, is_correct
 from .core.budget import Budget, BudgetPolicy, OnParseFailure, parse_budget
+from .core.errors import TaleError
 from .core.estimators import (
     BudgetEstimator,
     Estimate,
@@ -51,6 +52,7 @@ __all__ = [
     "PromptStyle",
     "PromptTooLongError",
     "QuestionFormat",
+    "TaleError",
     "TalePipeline",
     "TaleResult",
     "TiktokenCounter",

@@ -1,40 +1,44 @@
-"""argparse value types shared by every ``tale`` subcommand (one message style, one place)."""
+"""argparse value types shared by every ``tale`` subcommand, over `core.checks` (one wording, one place)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["non_negative_int", "positive_int", "temperature"]
+from .core.checks import check_int, check_number, check_positive_int
+from .core.errors import TaleValueError
+
+__all__ = ["convert", "non_negative_int", "positive_int", "temperature"]
+
+
+def convert(text: str, parse: Callable[[str], Any], check: Callable[..., Any], **limits: Any) -> Any:
+    """Parse a command-line value and check it with a `core.checks` function (for an argparse ``type=``).
+
+    Text that does not parse goes to the check as given, so it is refused with the same message. The
+    check's "value must be a positive int, got 0" reads "expected a positive int, got 0", after the
+    option name argparse puts in front.
+    """
+    try:
+        value = parse(text)
+    except ValueError:
+        value = text
+    try:
+        return check("value", value, **limits)
+    except TaleValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("value must be ", "expected ", 1)) from None
 
 
 def positive_int(text: str) -> int:
     """An integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+    return convert(text, int, check_positive_int)
 
 
 def non_negative_int(text: str) -> int:
     """An integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
+    return convert(text, int, check_int, low=0)
 
 
 def temperature(text: str) -> float:
     """A sampling temperature between 0 (greedy) and 2."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value <= 2:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 2, got {value}")
-    return value
+    return float(convert(text, float, check_number, low=0, high=2, hint=" (0 = greedy)"))

@@ -19,6 +19,7 @@ from typing import Any
 from . import __version__
 from ._argtypes import positive_int as _positive_int
 from ._argtypes import temperature as _temperature
+from ._cli_models import local_generator
 from .core.budget import BudgetPolicy
 from .core.estimators import get_estimator
 from .core.learned import LearnedEstimator
@@ -110,19 +111,8 @@ def _describe(title: str, result: TaleResult) -> list[str]:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from ._optional import require
-
-    require("transformers", extra="hf", purpose="`tale ask`")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    from .backends.hf import HFGenerator
-
-    def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    generator = HFGenerator(args.model, adapter=args.adapter, device=args.device, temperature=args.temperature,
-                            enforce_budget=args.enforce, progress=progress)
+    generator = local_generator(args.model, purpose="`tale ask`", adapter=args.adapter, device=args.device,
+                                temperature=args.temperature, enforce_budget=args.enforce)
     common: dict[str, Any] = {"format": args.format, "max_tokens": args.max_tokens}
     policy = BudgetPolicy(min_budget=args.min_budget, max_budget=max(args.min_budget, args.max_tokens),
                           fallback_budget=max(args.min_budget, min(128, args.max_tokens)))

@@ -13,7 +13,7 @@ EXPECTED = {
     "EstimationPrompt", "EstimatorError", "FixedEstimator", "FunctionEstimator", "FunctionGenerator",
     "LearnedEstimator",
     "Generation", "Generator", "HFTokenizerCounter", "Mode", "OnParseFailure", "PromptStyle", "PromptTooLongError",
-    "QuestionFormat", "TalePipeline", "TaleResult", "TiktokenCounter", "TokenCounter", "Usage",
+    "QuestionFormat", "TaleError", "TalePipeline", "TaleResult", "TiktokenCounter", "TokenCounter", "Usage",
     "ZeroShotEstimator", "__version__", "counter_for", "extract_answer", "is_correct", "parse_budget",
 }
 

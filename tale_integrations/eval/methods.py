@@ -24,6 +24,7 @@ from typing import Any
 
 from ..core.answers import extract_answer
 from ..core.budget import BudgetPolicy
+from ..core.checks import check_positive_int
 from ..core.estimators import BudgetEstimator
 from ..core.generation import Generation, Generator, Usage
 from ..core.pipeline import Mode, TalePipeline, TaleResult
@@ -77,8 +78,8 @@ class Method:
                 raise ValueError(f"method 'tale-ep' takes an estimator name ({', '.join(ESTIMATOR_NAMES)}), "
                                  f"got tale-ep:{self.param}")
         elif self.kind in _PARAM:
-            if isinstance(self.param, bool) or not isinstance(self.param, int) or self.param < 1:
-                raise ValueError(f"method {self.kind.value!r} needs {_PARAM[self.kind]}: write {self.kind.value}:N")
+            kind = self.kind.value
+            check_positive_int(f"N in {kind}:N", self.param, hint=f" (method {kind!r} needs {_PARAM[self.kind]})")
         elif self.param is not None:
             raise ValueError(f"method {self.kind.value!r} takes no number, got {self.kind.value}:{self.param}")
 
@@ -144,6 +145,7 @@ class Outcome:
     finish_reason: str
     model: str
     messages: tuple[dict[str, str], ...]
+    # the budget record (`core.decision.RECORD_KEYS`, as every integration writes it), then the estimator's model
     budget: int | None = None
     budget_raw: int | None = None
     budget_source: str | None = None
@@ -269,16 +271,12 @@ class MethodRunner:
     # -- results ------------------------------------------------------------------------------
 
     def _from_result(self, result: TaleResult, status: str | None) -> Outcome:
-        budget = result.budget
         return Outcome(
             text=result.text, answer=result.answer, usage=result.usage, finish_reason=result.finish_reason,
             model=result.model, messages=tuple(dict(m) for m in result.messages),
-            budget=None if budget is None else budget.tokens, budget_raw=None if budget is None else budget.raw,
-            budget_source=None if budget is None else budget.source,
-            budget_adjusted=None if budget is None else budget.adjusted,
-            estimator=result.estimator, estimator_model=self.estimator_model if result.estimator else None,
-            estimator_reply=result.estimator_reply or None, estimator_error=result.estimator_error,
-            estimator_usage=result.estimator_usage, oracle_status=status,
+            # the budget record under core.decision.RECORD_KEYS, the estimator's usage kept a `Usage`
+            **result.record.to_dict(usage=lambda usage: usage),
+            estimator_model=self.estimator_model if result.estimator else None, oracle_status=status,
         )
 
     def _from_generation(self, example: Example, prompt: list[dict[str, str]], gen: Generation) -> Outcome:

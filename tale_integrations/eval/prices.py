@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.checks import check_number
+
 __all__ = ["DEFAULT_PRICES", "PRICES_AS_OF", "Price", "PriceTable", "missing_price_message"]
 
 #: When the default prices were taken from the providers' pricing pages.
@@ -41,11 +43,8 @@ class Price:
 
     def __post_init__(self) -> None:
         for name in ("input", "output", "cached_input"):
-            value = getattr(self, name)
-            if value is None and name == "cached_input":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"Price.{name} must be a non-negative number (USD per 1M tokens), got {value!r}")
+            check_number(f"Price.{name}", getattr(self, name), low=0, optional=name == "cached_input",
+                         hint=" (a non-negative price in USD per 1M tokens)")
 
     def cost(self, usage: Mapping[str, Any]) -> float:
         """USD for one call's usage (a ``Usage.to_dict()``: input, cached input and output tokens)."""

@@ -30,7 +30,7 @@ from langchain_core.runnables.fallbacks import RunnableWithFallbacks
 
 from ..core.budget import parse_budget
 from ..core.estimators import BudgetEstimator, Estimate, ZeroShotEstimator, get_estimator, is_zero_shot
-from ..core.generation import FinishReason, Generation, Message, Usage, validate_messages
+from ..core.generation import BaseGenerator, FinishReason, Generation, Sampling, Usage
 from ..core.prompts import EstimationPrompt, QuestionFormat, question_prompt
 
 __all__ = [
@@ -116,11 +116,11 @@ def last_human_index(messages: Sequence[BaseMessage]) -> int | None:
 # -- chat models ----------------------------------------------------------------------------------
 
 
-def unwrap_chat_model(model: Any) -> BaseChatModel | None:
-    """The chat model under ``bind``/``with_retry``/``with_fallbacks``/``configurable_*`` wrappers, or None."""
+def _layers(model: Any) -> Iterator[Any]:
+    """``model`` and what it wraps, outermost first, through ``bind``/``with_retry``/``with_fallbacks``/
+    ``configurable_*`` wrappers (a fallback chain is followed through its first runnable)."""
     for _ in range(32):  # wrappers nest, but never this deep
-        if isinstance(model, BaseChatModel):
-            return model
+        yield model
         if isinstance(model, RunnableBindingBase):
             model = model.bound
         elif isinstance(model, RunnableWithFallbacks):
@@ -128,8 +128,12 @@ def unwrap_chat_model(model: Any) -> BaseChatModel | None:
         elif isinstance(model, DynamicRunnable):
             model = model.default
         else:
-            return None
-    return None
+            return
+
+
+def unwrap_chat_model(model: Any) -> BaseChatModel | None:
+    """The chat model under ``bind``/``with_retry``/``with_fallbacks``/``configurable_*`` wrappers, or None."""
+    return next((layer for layer in _layers(model) if isinstance(layer, BaseChatModel)), None)
 
 
 def check_chat_model(model: Any, *, argument: str = "model") -> Runnable:
@@ -148,16 +152,9 @@ def check_chat_model(model: Any, *, argument: str = "model") -> Runnable:
 def _bound_kwargs(model: Any) -> dict[str, Any]:
     """Keyword arguments bound by ``.bind(...)`` wrappers, outermost winning."""
     found: dict[str, Any] = {}
-    for _ in range(32):
-        if isinstance(model, RunnableBindingBase):
-            found = {**model.kwargs, **found}
-            model = model.bound
-        elif isinstance(model, RunnableWithFallbacks):
-            model = model.runnable
-        elif isinstance(model, DynamicRunnable):
-            model = model.default
-        else:
-            break
+    for layer in _layers(model):
+        if isinstance(layer, RunnableBindingBase):
+            found = {**layer.kwargs, **found}
     return found
 
 
@@ -226,7 +223,7 @@ def _to_messages(conversation: Sequence[Mapping[str, str]]) -> list[BaseMessage]
     return [_ROLE_TO_MESSAGE[m["role"]](content=m["content"]) for m in conversation]
 
 
-class ChatModelGenerator:
+class ChatModelGenerator(BaseGenerator):
     """A core `Generator` over a LangChain chat model.
 
     ``generate`` sends every conversation in one ``model.batch`` call (``abatch`` for
@@ -234,7 +231,7 @@ class ChatModelGenerator:
     requests concurrently. ``max_tokens`` is passed only to models that declare a ``max_tokens``
     setting (others have no per-call cap to set); ``stop`` and ``temperature`` are passed when given.
     Usage is the model's reported ``usage_metadata`` (``counter="reported"``), or zero with
-    ``counter="none"`` when the model reports none.
+    ``counter="none"`` when the model reports none. Calls are checked by `BaseGenerator`.
 
     Args:
         model: A chat model, possibly wrapped (``bind``, ``with_retry``, ``with_fallbacks``...).
@@ -244,14 +241,14 @@ class ChatModelGenerator:
         self.model = check_chat_model(model)
         self.model_name = model_name(model)
 
-    def _kwargs(self, max_tokens: int | None, stop: Sequence[str] | None, temperature: float | None) -> dict[str, Any]:
+    def _kwargs(self, sampling: Sampling) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
-        if max_tokens is not None and accepts_max_tokens(self.model):
-            kwargs["max_tokens"] = max_tokens
-        if stop:
-            kwargs["stop"] = list(stop)
-        if temperature is not None:
-            kwargs["temperature"] = temperature
+        if sampling.max_tokens is not None and accepts_max_tokens(self.model):
+            kwargs["max_tokens"] = sampling.max_tokens
+        if sampling.stop:
+            kwargs["stop"] = list(sampling.stop)
+        if sampling.temperature is not None:
+            kwargs["temperature"] = sampling.temperature
         return kwargs
 
     def _generation(self, reply: Any) -> Generation:
@@ -263,35 +260,16 @@ class ChatModelGenerator:
             model=name if isinstance(name, str) and name else self.model_name,
         )
 
-    def generate(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        *,
-        max_tokens: int | None = None,
-        stop: Sequence[str] | None = None,
-        temperature: float | None = None,
-    ) -> list[Generation]:
+    def _generate(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[Generation]:
         """One `Generation` per conversation, from one ``model.batch`` call."""
-        messages = [_to_messages(c) for c in validate_messages(prompts)]
-        if not messages:
-            return []
-        replies = self.model.batch(messages, _configs_for(len(messages)), **self._kwargs(max_tokens, stop, temperature))
+        messages = [_to_messages(c) for c in conversations]
+        replies = self.model.batch(messages, _configs_for(len(messages)), **self._kwargs(sampling))
         return [self._generation(r) for r in replies]
 
-    async def agenerate(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        *,
-        max_tokens: int | None = None,
-        stop: Sequence[str] | None = None,
-        temperature: float | None = None,
-    ) -> list[Generation]:
-        """Async twin of `generate` (``model.abatch``)."""
-        messages = [_to_messages(c) for c in validate_messages(prompts)]
-        if not messages:
-            return []
-        kwargs = self._kwargs(max_tokens, stop, temperature)
-        replies = await self.model.abatch(messages, _configs_for(len(messages)), **kwargs)
+    async def _agenerate(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[Generation]:
+        """Async twin of `_generate` (``model.abatch``)."""
+        messages = [_to_messages(c) for c in conversations]
+        replies = await self.model.abatch(messages, _configs_for(len(messages)), **self._kwargs(sampling))
         return [self._generation(r) for r in replies]
 
     def __repr__(self) -> str:

@@ -18,6 +18,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import patch_config
 from typing_extensions import NotRequired, TypedDict
 
+from ..core.checks import check_positive_int
 from ..core.prompts import QuestionFormat
 from ._adapters import ANSWER_TAG, ESTIMATE_TAG, NOSTREAM_TAG, REPAIR_TAG, last_human_index
 
@@ -131,8 +132,7 @@ def parse_input(value: Any, format: QuestionFormat) -> Item:
         question, budget, options = value["question"], value.get("budget"), value.get("options")
         if not isinstance(question, str):
             raise TypeError(f"input['question'] must be a str, got {type(question).__name__}")
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-            raise ValueError(f"input['budget'] must be a positive int or None, got {budget!r}")
+        check_positive_int("input['budget']", budget, optional=True)
         if options is not None and (isinstance(options, str) or not all(isinstance(o, str) for o in options)):
             raise TypeError("input['options'] must be a list of strings")
         messages = [HumanMessage(question)]

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from langchain_core.caches import BaseCache
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -27,60 +26,49 @@ from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, LLMResult
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
-from typing_extensions import Self
+from pydantic import ConfigDict
 
-from ._chat_batching import PENDING, CallSettings, PendingBatch
+from .._hf_fields import HFModelFields
+from ._chat_batching import PENDING, PendingBatch
 from ._chat_messages import PROVIDER, response_metadata, to_conversation, usage_metadata
 
 if TYPE_CHECKING:
-    from ..backends.hf import HFGenerator
+    from ..backends.hf.settings import CallSettings
     from ..core.generation import Generation
 
 __all__ = ["ChatTaleHF"]
 
-_LOADING_FIELDS = frozenset(
-    {"model_path", "adapter_path", "merge_adapter", "device", "dtype", "max_batch_size", "seed", "enforce_budget"}
-)
-_CALL_KWARGS = ("max_tokens", "max_new_tokens", "stop", "temperature", "budget")
+#: Keywords LangChain itself passes with a call: its routing flag (``invoke(..., stream=True)``).
+_FRAMEWORK_KWARGS = frozenset({"stream"})
 # Keywords of BaseChatModel.generate that configure tracing, not the model.
 _TRACING_KWARGS = frozenset(
     {"tags", "metadata", "run_name", "run_id", "ls_structured_output_format", "structured_output_format"}
 )
 
 
-#: The generator that `ChatTaleHF.from_generator` hands to the validator, instead of it building one.
-_INJECTED: ContextVar[Any] = ContextVar("tale_hf_injected_generator", default=None)
-
-
 # -- the chat model -----------------------------------------------------------------------------
 
 
-class ChatTaleHF(BaseChatModel):
+class ChatTaleHF(HFModelFields, BaseChatModel):
     """A local Hugging Face chat model (transformers) for LangChain, with exact token usage.
 
     Constructing it loads no weights: they load on the first call (or ``chat.generator.load()``).
     To wrap an `HFGenerator` you already built (a model in memory, say), use `from_generator`.
-    Unknown constructor arguments raise, so a misspelt setting is never silently ignored.
+    Unknown constructor arguments raise, so a misspelt setting is never silently ignored. The model's
+    settings (``model_path``, ``adapter_path``, ``merge_adapter``, ``device``, ``dtype``,
+    ``temperature``, ``max_batch_size``, ``seed``, ``enforce_budget``, ``budget``) are
+    `HFModelFields`', held as `TaleHFLLM` holds them: checked once, and after construction each reads
+    back what the generator runs with, but ``max_tokens``: left None, it means the generator's cap
+    (to LangChain code a set ``max_tokens`` is a cap the user chose).
 
     Attributes:
-        model_path: A local model folder, a merged TALE-PT checkpoint or a LoRA adapter folder;
-            None for the embedded SmolLM2-135M-Instruct.
-        adapter_path: A PEFT LoRA adapter folder applied on top of ``model_path`` (or the base it names).
-        merge_adapter: Merge the adapter into the weights after loading (faster decoding).
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available, else CPU.
-        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"``; default bf16 on CUDA, fp32 on CPU.
-        temperature: Sampling temperature; 0 (the default) means greedy decoding.
-        max_tokens: Default cap on new tokens per answer; None for the backend's default (512).
+        max_tokens: Default cap on new tokens per answer. Default: the generator's ``max_new_tokens`` (512).
         stop: Default stop strings; the answer ends before the first one and never contains it.
-        max_batch_size: Prompts per forward pass; larger batches are split.
-        seed: Seed for sampled decoding, for repeatable runs.
-        enforce_budget: Hold answers to their token budget while decoding (`BudgetEnforcer`).
-        budget: Default token budget of each call, enforced while decoding; needs ``enforce_budget``.
         streaming: Route ``invoke`` through the streaming path, so callbacks see every token.
 
     Per call (``invoke(..., max_tokens=64)`` or ``bind``): ``max_tokens`` (alias ``max_new_tokens``),
-    ``stop``, ``temperature`` and ``budget``; anything else raises TypeError.
+    ``stop``, ``temperature``, ``budget`` and ``answer_format`` (the enforcer's wrap-up style);
+    anything else raises TypeError.
 
     Example:
         ```python
@@ -90,63 +78,14 @@ class ChatTaleHF(BaseChatModel):
         ```
     """
 
-    model_path: str | None = None
-    adapter_path: str | None = None
-    merge_adapter: bool = False
-    device: str | None = None
-    dtype: str | None = None
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    max_tokens: int | None = Field(default=None, ge=1)
+    cap_field: ClassVar[str] = "max_tokens"
+
+    max_tokens: int | None = None
     stop: list[str] | None = None
-    max_batch_size: int = Field(default=16, ge=1)
-    seed: int | None = None
-    enforce_budget: bool = False
-    budget: int | None = Field(default=None, ge=1)
     streaming: bool = False
 
+    # Unknown arguments raise (BaseChatModel's own config ignores them), so a misspelt setting never passes silently.
     model_config = ConfigDict(extra="forbid")
-
-    _generator: Any = PrivateAttr(default=None)
-
-    @model_validator(mode="after")
-    def _attach_generator(self) -> Self:
-        self._generator = _INJECTED.get()
-        if self._generator is None:
-            from ..backends.hf import HFGenerator  # the hf extra is needed only here
-
-            # Checks the paths and settings now; the weights load on first use.
-            self._generator = HFGenerator(
-                self.model_path, adapter=self.adapter_path, merge=self.merge_adapter, device=self.device,
-                dtype=self.dtype, max_batch_size=self.max_batch_size, temperature=self.temperature, seed=self.seed,
-                enforce_budget=self.enforce_budget,
-            )
-        self._check_budget(self.budget)
-        return self
-
-    @classmethod
-    def from_generator(cls, generator: HFGenerator, **fields: Any) -> ChatTaleHF:
-        """Wrap a generator that is already built, e.g. ``HFGenerator.from_model(model, tokenizer)``.
-
-        ``fields`` are per-call defaults (``temperature``, ``max_tokens``, ``stop``, ``budget``,
-        ``streaming``) and LangChain options (``callbacks``, ``tags``...). Loading options
-        (``model_path``, ``device``, ``enforce_budget``...) belong to the generator: they raise TypeError.
-        """
-        loading = sorted(_LOADING_FIELDS & fields.keys())
-        if loading:
-            raise TypeError(
-                f"from_generator got loading option(s) {loading}; they configure how a model is loaded, so set "
-                "them on the generator you pass (e.g. HFGenerator(..., enforce_budget=True))"
-            )
-        token = _INJECTED.set(generator)
-        try:
-            return cls(**fields)
-        finally:
-            _INJECTED.reset(token)
-
-    @property
-    def generator(self) -> HFGenerator:
-        """The backend generator (its weights load on first use)."""
-        return self._generator
 
     @property
     def model_name(self) -> str:
@@ -163,11 +102,13 @@ class ChatTaleHF(BaseChatModel):
         return {"model_name": self.model_name, **{name: getattr(self, name) for name in names}}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        from ..backends.hf.settings import CALL_ARGUMENTS
+
         model = kwargs.get("model")  # not supported per call (it raises), but the trace still names it
         params = LangSmithParams(ls_provider=PROVIDER, ls_model_type="chat",
                                  ls_model_name=model if isinstance(model, str) else self.model_name)
         with contextlib.suppress(Exception):  # invalid settings raise from the call itself
-            settings = self._settings(stop, {k: v for k, v in kwargs.items() if k in _CALL_KWARGS})
+            settings = self._call(stop, {k: v for k, v in kwargs.items() if k in CALL_ARGUMENTS})
             params["ls_temperature"] = settings.temperature
             if settings.max_tokens is not None:
                 params["ls_max_tokens"] = settings.max_tokens
@@ -175,33 +116,9 @@ class ChatTaleHF(BaseChatModel):
                 params["ls_stop"] = list(settings.stop)
         return params
 
-    def _check_budget(self, budget: int | None) -> None:
-        if budget is not None and getattr(self._generator, "enforcement", None) is None:
-            raise ValueError(
-                f"budget={budget} is enforced only while decoding with enforce_budget=True (with from_generator: "
-                "a generator made with enforce_budget=True); turn enforcement on, or put the budget in the prompt"
-            )
-
-    def _settings(self, stop: list[str] | None, kwargs: dict[str, Any]) -> CallSettings:
-        # "stream" is LangChain's own routing flag (invoke(..., stream=True)), not a model setting.
-        unknown = sorted(set(kwargs) - set(_CALL_KWARGS) - {"stream"})
-        if unknown:
-            raise TypeError(
-                f"ChatTaleHF got unsupported keyword argument(s) {unknown}; the per-call settings are "
-                f"{', '.join(_CALL_KWARGS)}. Tools, structured output and another model per call are not supported"
-            )
-        if kwargs.get("max_tokens") is not None and kwargs.get("max_new_tokens") is not None:
-            raise TypeError("give max_tokens or its alias max_new_tokens, not both")
-        given = {k: v for k, v in kwargs.items() if v is not None}
-        budget = given.get("budget", self.budget)
-        self._check_budget(budget)
-        stop = stop if stop is not None else self.stop
-        return CallSettings(
-            max_tokens=given.get("max_tokens", given.get("max_new_tokens", self.max_tokens)),
-            stop=(tuple(stop) or None) if isinstance(stop, (list, tuple)) else stop,  # the backend checks the rest
-            temperature=given.get("temperature", self.temperature),
-            budget=budget,
-        )
+    def _call(self, stop: list[str] | None, kwargs: dict[str, Any]) -> CallSettings:
+        """This call's settings: ``stop`` and ``kwargs`` over the fields (an unknown keyword raises TypeError)."""
+        return self._call_settings(kwargs, stop=stop, framework=_FRAMEWORK_KWARGS)
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -213,23 +130,24 @@ class ChatTaleHF(BaseChatModel):
 
     def _combine_llm_outputs(self, llm_outputs: list[dict | None]) -> dict:
         outputs = [o for o in llm_outputs if o]
-        usage = {k: sum(o["token_usage"][k] for o in outputs) for k in ("input_tokens", "output_tokens", "total_tokens")}
+        keys = ("input_tokens", "output_tokens", "total_tokens")
+        usage = {k: sum(o["token_usage"][k] for o in outputs) for k in keys}
         return {"token_usage": usage, "model_name": outputs[0]["model_name"]} if outputs else {}
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        conversation, settings = to_conversation(messages), self._settings(stop, kwargs)
+        conversation, settings = to_conversation(messages), self._call(stop, kwargs)
         pending = PENDING.get()
-        generation = pending.take(self, conversation, settings) if pending else None
+        generation = pending.take(self._generator, conversation, settings) if pending else None
         if generation is None:
             generation = self._generator.generate([conversation], **settings.for_generate(1))[0]
         return self._result(generation)
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        conversation, settings = to_conversation(messages), self._settings(stop, kwargs)
+        conversation, settings = to_conversation(messages), self._call(stop, kwargs)
         pending = PENDING.get()
-        generation = await pending.atake(self, conversation, settings) if pending else None
+        generation = await pending.atake(self._generator, conversation, settings) if pending else None
         if generation is None:
             generation = (await self._generator.agenerate([conversation], **settings.for_generate(1)))[0]
         return self._result(generation)
@@ -246,7 +164,7 @@ class ChatTaleHF(BaseChatModel):
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        conversation, settings = to_conversation(messages), self._settings(stop, kwargs)
+        conversation, settings = to_conversation(messages), self._call(stop, kwargs)
         for event in self._generator.stream(conversation, **settings.for_stream()):
             if event.text or event.final is not None:
                 chunk = self._chunk(event.text, event.final)
@@ -257,7 +175,7 @@ class ChatTaleHF(BaseChatModel):
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        conversation, settings = to_conversation(messages), self._settings(stop, kwargs)
+        conversation, settings = to_conversation(messages), self._call(stop, kwargs)
         async for event in self._generator.astream(conversation, **settings.for_stream()):
             if event.text or event.final is not None:
                 chunk = self._chunk(event.text, event.final)
@@ -281,8 +199,8 @@ class ChatTaleHF(BaseChatModel):
                 with contextlib.suppress(Exception):  # a bad input fails later, alone, in its own call
                     conversations.append(to_conversation(self._convert_input(value).to_messages()))
             with contextlib.suppress(Exception):
-                settings = self._settings(stop, {k: v for k, v in kwargs.items() if k not in _TRACING_KWARGS})
-                pending = PendingBatch(self, conversations, settings) if len(conversations) > 1 else None
+                settings = self._call(stop, {k: v for k, v in kwargs.items() if k not in _TRACING_KWARGS})
+                pending = PendingBatch(self._generator, conversations, settings) if len(conversations) > 1 else None
         token = PENDING.set(pending) if pending else None
         try:
             yield

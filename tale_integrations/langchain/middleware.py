@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import operator
 from collections.abc import Awaitable, Callable
+from collections.abc import Generator as PyGenerator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -32,12 +33,21 @@ from langgraph.types import Command
 from typing_extensions import NotRequired
 
 from ..core.budget import BudgetPolicy
+from ..core.checks import check_positive_int
 from ..core.decision import RECORD_KEYS, BudgetRecord, decide_budget, estimator_failure
 from ..core.estimators import BudgetEstimator, Estimate, EstimatorError, is_zero_shot
+from ..core.flows import adrive, drive
 from ..core.prompts import EstimationPrompt, QuestionFormat
 from ._adapters import (
-    ESTIMATE_TAG, NOSTREAM_TAG, accepts_max_tokens, as_estimator, budgeted_messages, call_configs, last_human_index,
-    model_max_tokens, to_usage_metadata,
+    ESTIMATE_TAG,
+    NOSTREAM_TAG,
+    accepts_max_tokens,
+    as_estimator,
+    budgeted_messages,
+    call_configs,
+    last_human_index,
+    model_max_tokens,
+    to_usage_metadata,
 )
 
 __all__ = ["TaleAgentState", "TaleBudgetMiddleware"]
@@ -63,6 +73,12 @@ class _Turn:
     key: str
     question: str
     cached: dict[str, Any] | None  # this turn's last record, when it has one
+
+
+@dataclass(frozen=True, slots=True)
+class _EstimateTurn:
+    estimator: BudgetEstimator
+    question: str
 
 
 class TaleBudgetMiddleware(AgentMiddleware[TaleAgentState[Any], Any]):
@@ -107,13 +123,9 @@ class TaleBudgetMiddleware(AgentMiddleware[TaleAgentState[Any], Any]):
         estimator_max_tokens: int = 64,
     ) -> None:
         super().__init__()
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-            raise ValueError(f"budget must be a positive int or None, got {budget!r}")
-        if isinstance(answer_reserve, bool) or not isinstance(answer_reserve, int) or answer_reserve < 1:
-            raise ValueError(f"answer_reserve must be a positive int, got {answer_reserve!r}")
-        cap = estimator_max_tokens
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-            raise ValueError(f"estimator_max_tokens must be a positive int, got {estimator_max_tokens!r}")
+        check_positive_int("budget", budget, optional=True)
+        check_positive_int("answer_reserve", answer_reserve)
+        check_positive_int("estimator_max_tokens", estimator_max_tokens)
         if on_estimator_error not in ("raise", "fallback"):
             raise ValueError(f"on_estimator_error must be 'raise' or 'fallback', got {on_estimator_error!r}")
         if policy is not None and not isinstance(policy, BudgetPolicy):
@@ -208,42 +220,47 @@ class TaleBudgetMiddleware(AgentMiddleware[TaleAgentState[Any], Any]):
         record["usage"] = None if reply is None else reply.usage_metadata
         return ExtendedModelResponse(model_response=response, command=Command(update={"tale_budgets": [record]}))
 
-    # -- the hooks (sync and async) ---------------------------------------------------------------
+    # -- the hooks: one flow (`core.flows`), answered by the sync or the async handler -------------
+
+    def _flow(self, request: ModelRequest) -> PyGenerator[Any, Any, ModelResponse | ExtendedModelResponse]:
+        """Yields an `_EstimateTurn` (answered with estimates) and then the request to send (answered
+        with the handler's response); returns what the hook returns."""
+        turn = self._turn(request)
+        if turn is None:
+            return (yield request)
+        estimates, name = None, None
+        if self._needs_estimate(turn):
+            estimator = self._estimator_for(request)
+            name = estimator.name
+            try:
+                estimates = yield _EstimateTurn(estimator, turn.question)
+            except Exception as exc:
+                estimates = self._failed(name, exc)
+        new_request, record = self._apply(request, turn, name, estimates)
+        return self._record((yield new_request), record)
 
     def wrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
     ) -> ModelResponse | ExtendedModelResponse:
         """Budget this model call (estimating once per human turn); see the module docstring."""
-        turn = self._turn(request)
-        if turn is None:
-            return handler(request)
-        estimates, name = None, None
-        if self._needs_estimate(turn):
-            estimator = self._estimator_for(request)
-            name = estimator.name
-            try:
+
+        def answer(step: _EstimateTurn | ModelRequest) -> Any:
+            if isinstance(step, _EstimateTurn):
                 with call_configs([self._estimate_config()]):
-                    estimates = estimator.estimate([turn.question])
-            except Exception as exc:
-                estimates = self._failed(name, exc)
-        new_request, record = self._apply(request, turn, name, estimates)
-        return self._record(handler(new_request), record)
+                    return step.estimator.estimate([step.question])
+            return handler(step)
+
+        return drive(self._flow(request), answer)
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> ModelResponse | ExtendedModelResponse:
         """Async twin of `wrap_model_call`."""
-        turn = self._turn(request)
-        if turn is None:
-            return await handler(request)
-        estimates, name = None, None
-        if self._needs_estimate(turn):
-            estimator = self._estimator_for(request)
-            name = estimator.name
-            try:
+
+        async def answer(step: _EstimateTurn | ModelRequest) -> Any:
+            if isinstance(step, _EstimateTurn):
                 with call_configs([self._estimate_config()]):
-                    estimates = await estimator.aestimate([turn.question])
-            except Exception as exc:
-                estimates = self._failed(name, exc)
-        new_request, record = self._apply(request, turn, name, estimates)
-        return self._record(await handler(new_request), record)
+                    return await step.estimator.aestimate([step.question])
+            return await handler(step)
+
+        return await adrive(self._flow(request), answer)

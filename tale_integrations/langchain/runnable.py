@@ -7,10 +7,10 @@ answer was cut off before giving a final answer, make one bounded repair call. T
 model's own `AIMessage`, so ``| StrOutputParser()`` works; what TALE did is in
 ``response_metadata["tale"]``.
 
-The flow is written once (`TaleRunnable._flow`, a generator of model requests) and driven by a
-sync runner, an async runner and two streaming runners. A batch makes one estimator batch call and
-one answer batch call per distinct hard cap (all inputs share one cap unless their budgets differ),
-the groups running concurrently.
+The flow is written once (`TaleRunnable._flow`, a generator of model requests) and driven by the
+core's runners (`core.flows`: sync, async, and their streaming twins); `_model_calls` answers its
+model requests. A batch makes one estimator batch call and one answer batch call per distinct hard
+cap (all inputs share one cap unless their budgets differ), the groups running concurrently.
 
 Child runs carry tags: ``tale:estimate`` (and ``nostream``, so LangGraph's message streaming skips
 the estimator's reply), ``tale:answer`` and ``tale:repair``; filter ``astream_events`` on them.
@@ -30,21 +30,36 @@ from typing_extensions import Self
 from ..core.budget import Budget, BudgetPolicy
 from ..core.decision import BudgetRecord, decide_budget, estimator_failure
 from ..core.estimators import BudgetEstimator, Estimate, EstimatorError
+from ..core.flows import Reply, adrive, astream_drive, drive, stream_drive
 from ..core.prompts import PROMPT_VERSION, REPAIR_PROMPT, EstimationPrompt, QuestionFormat, repair_prompt
 from ._adapters import (
-    accepts_max_tokens, as_estimator, budgeted_messages, check_chat_model, finish_reason, model_max_tokens,
+    accepts_max_tokens,
+    as_estimator,
+    budgeted_messages,
+    call_configs,
+    check_chat_model,
+    finish_reason,
+    model_max_tokens,
     to_usage_metadata,
 )
-from ._runnable_drive import FlowDrivers
+from ._model_calls import acall_model, astream_model, call_model, closing_chunk, stream_model
 from ._runnable_parts import (
-    BRACKETED, REPAIR_SEPARATOR, Children, EstimateRequest, Item, ModelCall, TaleInput, TaleQuestion, parse_input,
+    BRACKETED,
+    REPAIR_SEPARATOR,
+    Children,
+    EstimateRequest,
+    Item,
+    ModelCall,
+    TaleInput,
+    TaleQuestion,
+    parse_input,
     total_usage,
 )
 
 __all__ = ["REPAIR_PROMPT", "TaleInput", "TaleQuestion", "TaleRunnable"]
 
 
-class TaleRunnable(FlowDrivers, RunnableSerializable[TaleInput, AIMessage]):
+class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
     """TALE-EP (estimate a token budget, then ask with it) around any LangChain chat model.
 
     Input: a question string; a dict ``{"question": ..., "budget": optional int, "options": ...}``
@@ -239,6 +254,32 @@ class TaleRunnable(FlowDrivers, RunnableSerializable[TaleInput, AIMessage]):
                 results[i] = self._finish(headers[i], answer, repairs.get(i))
         return results
 
+    # -- answering the flow's requests (driven by `core.flows`) -----------------------------------
+
+    def _answer(self, request: EstimateRequest | ModelCall, kwargs: dict[str, Any]) -> list[Any]:
+        if isinstance(request, EstimateRequest):
+            with call_configs(request.configs):
+                return self._estimator.estimate(request.questions)
+        return call_model(self.model, request, kwargs)
+
+    async def _aanswer(self, request: EstimateRequest | ModelCall, kwargs: dict[str, Any]) -> list[Any]:
+        if isinstance(request, EstimateRequest):
+            with call_configs(request.configs):
+                return await self._estimator.aestimate(request.questions)
+        return await acall_model(self.model, request, kwargs)
+
+    def _stream_answer(self, request: EstimateRequest | ModelCall, kwargs: dict[str, Any]) -> Iterator[Any]:
+        if isinstance(request, ModelCall):
+            return stream_model(self.model, request, kwargs)
+        return iter([Reply(self._answer(request, kwargs))])
+
+    async def _astream_answer(self, request: EstimateRequest | ModelCall, kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        if isinstance(request, ModelCall):
+            async for event in astream_model(self.model, request, kwargs):
+                yield event
+        else:
+            yield Reply(await self._aanswer(request, kwargs))
+
     # -- Runnable interface -----------------------------------------------------------------------
 
     @staticmethod
@@ -249,11 +290,23 @@ class TaleRunnable(FlowDrivers, RunnableSerializable[TaleInput, AIMessage]):
 
     def _invoke(self, input: Any, run_manager: Any, config: RunnableConfig, **kwargs: Any) -> AIMessage:
         flow = self._flow([self._item(input)], [Children(config, run_manager)])
-        return self._one(self._drive(flow, kwargs))
+        return self._one(drive(flow, lambda request: self._answer(request, kwargs)))
 
     async def _ainvoke(self, input: Any, run_manager: Any, config: RunnableConfig, **kwargs: Any) -> AIMessage:
         flow = self._flow([self._item(input)], [Children(config, run_manager)])
-        return self._one(await self._adrive(flow, kwargs))
+        return self._one(await adrive(flow, lambda request: self._aanswer(request, kwargs)))
+
+    def _stream(self, inputs: Iterator[Any], run_manager: Any, config: RunnableConfig,
+                **kwargs: Any) -> Iterator[AIMessageChunk]:
+        flow = self._flow([self._item(next(inputs))], [Children(config, run_manager)])
+        for event in stream_drive(flow, lambda request: self._stream_answer(request, kwargs)):
+            yield closing_chunk(self._one(event.value)) if isinstance(event, Reply) else event
+
+    async def _astream(self, inputs: AsyncIterator[Any], run_manager: Any, config: RunnableConfig,
+                       **kwargs: Any) -> AsyncIterator[AIMessageChunk]:
+        flow = self._flow([self._item(await anext(inputs))], [Children(config, run_manager)])
+        async for event in astream_drive(flow, lambda request: self._astream_answer(request, kwargs)):
+            yield closing_chunk(self._one(event.value)) if isinstance(event, Reply) else event
 
     def invoke(self, input: TaleInput, config: RunnableConfig | None = None, **kwargs: Any) -> AIMessage:
         """Answer one input (see the class docstring)."""
@@ -266,12 +319,12 @@ class TaleRunnable(FlowDrivers, RunnableSerializable[TaleInput, AIMessage]):
     def _batch(self, inputs: list[Any], run_manager: list[Any], config: list[RunnableConfig], *,
                fail_fast: bool, **kwargs: Any) -> list[Any]:
         flow = self._flow(self._items(inputs, fail_fast), [Children(c, m) for c, m in zip(config, run_manager)])
-        return self._drive(flow, kwargs)
+        return drive(flow, lambda request: self._answer(request, kwargs))
 
     async def _abatch(self, inputs: list[Any], run_manager: list[Any], config: list[RunnableConfig], *,
                       fail_fast: bool, **kwargs: Any) -> list[Any]:
         flow = self._flow(self._items(inputs, fail_fast), [Children(c, m) for c, m in zip(config, run_manager)])
-        return await self._adrive(flow, kwargs)
+        return await adrive(flow, lambda request: self._aanswer(request, kwargs))
 
     def batch(self, inputs: list[TaleInput], config: RunnableConfig | list[RunnableConfig] | None = None, *,
               return_exceptions: bool = False, **kwargs: Any) -> list[AIMessage]:

@@ -22,7 +22,7 @@ from llama_index.core.prompts import ChatPromptTemplate
 from llama_index.core.prompts.mixin import PromptDictType, PromptMixin
 
 from ..core.estimators import BudgetEstimator, FixedEstimator, FunctionEstimator, ZeroShotEstimator, get_estimator
-from ..core.generation import FinishReason, Generation, Message, Usage, validate_messages
+from ..core.generation import BaseGenerator, FinishReason, Generation, Message, Sampling, Usage
 from ..core.prompts import (
     ESTIMATION_PROMPT_FIGURE,
     ESTIMATION_PROMPT_SCRIPTS,
@@ -103,12 +103,13 @@ def _cut(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
-class LlamaIndexGenerator:
+class LlamaIndexGenerator(BaseGenerator):
     """Any LlamaIndex LLM as a core `Generator` (the seam the core estimators and pipeline use).
 
     Each conversation becomes one ``llm.chat`` call; an LLM with ``batch_chat``/``abatch_chat``
     (`TaleHFLLM`) answers a whole batch in one call. The calls go through the LLM's own callbacks
     and instrumentation, so ``TokenCountingHandler`` on the LLM's callback manager counts them.
+    Calls are checked by `BaseGenerator` before the LLM sees them.
 
     Args:
         llm: The LlamaIndex LLM.
@@ -138,11 +139,10 @@ class LlamaIndexGenerator:
                 return value
         return self.llm.metadata.model_name
 
-    def _kwargs(self, max_tokens: int | None, stop: Sequence[str] | None, temperature: float | None) -> dict[str, Any]:
+    def _kwargs(self, sampling: Sampling) -> dict[str, Any]:
         if not self.forward_settings:
             return {}
-        settings = {"max_tokens": max_tokens, "stop": list(stop) if stop else None, "temperature": temperature}
-        return {k: v for k, v in settings.items() if v is not None}
+        return {k: v for k, v in sampling.to_dict().items() if v is not None and v != []}  # temperature 0 is kept
 
     def _generation(self, response: Any, messages: list[dict[str, str]], stop: Sequence[str] | None) -> Generation:
         text, was_cut = _cut(response.message.content or "", stop)
@@ -158,40 +158,24 @@ class LlamaIndexGenerator:
         return Generation(text=text, usage=usage, finish_reason="stop" if was_cut else _finish_reason(response),
                           model=model if isinstance(model, str) else self.model_name)
 
-    def generate(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        *,
-        max_tokens: int | None = None,
-        stop: Sequence[str] | None = None,
-        temperature: float | None = None,
-    ) -> list[Generation]:
+    def _generate(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[Generation]:
         """Answer each conversation with ``llm.chat`` (or one ``llm.batch_chat``), in order."""
-        rows = validate_messages(prompts)
-        kwargs = self._kwargs(max_tokens, stop, temperature)
-        chats = [to_chat_messages(row) for row in rows]
+        kwargs = self._kwargs(sampling)
+        chats = [to_chat_messages(row) for row in conversations]
         batch = getattr(self.llm, "batch_chat", None)
         responses = batch(chats, **kwargs) if callable(batch) else [self.llm.chat(c, **kwargs) for c in chats]
-        return [self._generation(r, row, stop) for r, row in zip(responses, rows, strict=True)]
+        return [self._generation(r, row, sampling.stop) for r, row in zip(responses, conversations, strict=True)]
 
-    async def agenerate(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        *,
-        max_tokens: int | None = None,
-        stop: Sequence[str] | None = None,
-        temperature: float | None = None,
-    ) -> list[Generation]:
-        """Async twin of `generate`: ``abatch_chat`` when the LLM has it, else concurrent ``achat`` calls."""
-        rows = validate_messages(prompts)
-        kwargs = self._kwargs(max_tokens, stop, temperature)
-        chats = [to_chat_messages(row) for row in rows]
+    async def _agenerate(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[Generation]:
+        """Async twin of `_generate`: ``abatch_chat`` when the LLM has it, else concurrent ``achat`` calls."""
+        kwargs = self._kwargs(sampling)
+        chats = [to_chat_messages(row) for row in conversations]
         batch = getattr(self.llm, "abatch_chat", None)
         if callable(batch):
             responses = await batch(chats, **kwargs)
         else:
             responses = await asyncio.gather(*(self.llm.achat(c, **kwargs) for c in chats))
-        return [self._generation(r, row, stop) for r, row in zip(responses, rows, strict=True)]
+        return [self._generation(r, row, sampling.stop) for r, row in zip(responses, conversations, strict=True)]
 
 
 def estimation_template(variant: EstimationPrompt | str = EstimationPrompt.SCRIPTS) -> ChatPromptTemplate:

@@ -20,7 +20,7 @@ from ..core.generation import Generation, Message, StreamEvent
 from ..core.prompts import TOOL_RESULT_TURN_UNNAMED
 
 __all__ = [
-    "TOOL_RESULT_PREFIX", "apieces", "chat_response", "completion_response", "per_row", "pieces", "raw_of",
+    "TOOL_RESULT_PREFIX", "apieces", "chat_response", "completion_response", "pieces", "raw_of",
     "to_backend_messages", "usage_of",
 ]
 
@@ -70,11 +70,6 @@ def to_backend_messages(messages: Sequence[ChatMessage]) -> list[Message]:
         else:
             raise ValueError(f"messages[{i}] has role {message.role.value!r}, which TaleHFLLM cannot map")
     return converted
-
-
-def per_row(settings: dict[str, Any], n: int) -> dict[str, Any]:
-    budget = settings.pop("budget")
-    return {**settings, "budgets": None if budget is None else [budget] * n}
 
 
 def usage_of(generation: Generation) -> dict[str, int]:

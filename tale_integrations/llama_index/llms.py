@@ -9,10 +9,9 @@ one backend call, and loads LoRA adapters natively.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -24,7 +23,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseGen,
     LLMMetadata,
 )
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.llm import (
@@ -37,25 +36,26 @@ from llama_index.core.instrumentation.span import active_span_id
 from llama_index.core.llms import LLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 
+from .._hf_fields import HFModelFields
 from ..core.generation import Generation, Message
-from ._llm_messages import (
-    TOOL_RESULT_PREFIX, apieces, chat_response, completion_response, per_row, pieces, to_backend_messages,
-)
+from ._llm_messages import TOOL_RESULT_PREFIX, apieces, chat_response, completion_response, pieces, to_backend_messages
+
+if TYPE_CHECKING:
+    from ..backends.hf.settings import CallSettings
 
 __all__ = ["TOOL_RESULT_PREFIX", "TaleHFLLM", "to_backend_messages"]
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
 
-#: Settings that belong to the generator; `from_generator` refuses them.
-_LOADING_FIELDS = ("model_path", "adapter_path", "merge_adapter", "device", "dtype", "max_batch_size", "seed",
-                   "enforce_budget")
 #: Keyword arguments LlamaIndex itself passes (``complete(prompt, formatted=True)``); accepted silently.
-_INTERNAL_KWARGS = frozenset({"formatted"})
-_GENERATOR_KEY = "tale_generator"
+_FRAMEWORK_KWARGS = frozenset({"formatted"})
+#: Options for hosted APIs that LlamaIndex components pass to any LLM (``DocumentContextExtractor``
+#: sends ``extra_headers``); a local model has no use for them: ignored, with one warning per name.
+_PROVIDER_OPTIONS = frozenset({"extra_headers"})
 
 
-class TaleHFLLM(LLM):
+class TaleHFLLM(HFModelFields, LLM):
     """A local Hugging Face chat model as a LlamaIndex LLM (``metadata.is_chat_model`` is True).
 
     The backend `HFGenerator` is created with the LLM (paths and dtype are checked then) but loads
@@ -66,111 +66,48 @@ class TaleHFLLM(LLM):
 
     Per-call keyword arguments of ``chat``/``complete``/``stream_*``/``a*``/``batch_*``:
     ``max_tokens`` (alias ``max_new_tokens``), ``stop`` (a string or list of strings), ``temperature``,
-    ``budget`` (needs ``enforce_budget``) and ``answer_format`` (the enforcer's wrap-up style). Other
-    keyword arguments (provider options such as ``extra_headers`` that some LlamaIndex components
-    pass) are ignored with one logged warning per name.
+    ``budget`` (needs ``enforce_budget``) and ``answer_format`` (the enforcer's wrap-up style), as for
+    `ChatTaleHF`; any other raises TypeError naming it, except ``extra_headers``, an option for hosted
+    APIs that LlamaIndex's ``DocumentContextExtractor`` passes, which is ignored with one logged warning.
+
+    The model's settings (``model_path``, ``adapter_path``, ``merge_adapter``, ``device``, ``dtype``,
+    ``temperature``, ``max_batch_size``, ``seed``, ``enforce_budget``, ``budget``) are
+    `HFModelFields`', held as `ChatTaleHF` holds them: checked once, and after construction each
+    reads back what the generator runs with.
 
     Responses carry the generated text only; ``raw`` is ``{"usage": {"prompt_tokens",
     "completion_tokens", "total_tokens"}, "model", "finish_reason", "token_counter"}`` and
     ``additional_kwargs`` repeats the three counts. Streams yield ``delta`` per piece and the text so
     far; the last response carries the usage.
 
-    Args:
-        model_path: A local model folder, a merged TALE-PT checkpoint, a LoRA adapter folder, a hub id,
-            or None for the embedded SmolLM2-135M-Instruct.
-        adapter_path: A PEFT LoRA adapter folder to apply on top of ``model_path``.
-        merge_adapter: Merge the adapter into the weights after loading.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available.
-        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"``; default bf16 on CUDA, fp32 on CPU.
+    Attributes:
         model_name: Name reported in responses and metadata; default the backend's (the folder's name).
-        temperature: Default sampling temperature; 0 is greedy.
-        max_new_tokens: Default output cap per call; also ``metadata.num_output``.
-        max_batch_size: Prompts per forward pass in batched calls.
-        seed: Seed for sampled decoding.
-        enforce_budget: Hold answers to ``budget`` while decoding (the backend's `BudgetEnforcer`).
-        budget: Default token budget per answer; needs ``enforce_budget``.
+        max_new_tokens: Default output cap per call; also ``metadata.num_output``. Default: the
+            generator's ``max_new_tokens`` (512), read back after construction.
         context_window: Override the context window in `metadata` (skips loading the model to read it).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    cap_field: ClassVar[str] = "max_new_tokens"
 
-    model_path: str | None = None
-    adapter_path: str | None = None
-    merge_adapter: bool = False
-    device: str | None = None
-    dtype: str | None = None
     model_name: str | None = None
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    max_new_tokens: int = Field(default=256, gt=0)
-    max_batch_size: int = Field(default=16, gt=0)
-    seed: int | None = None
-    enforce_budget: bool = False
-    budget: int | None = Field(default=None, gt=0)
+    max_new_tokens: int | None = None
     context_window: int | None = Field(default=None, gt=0)
 
-    _generator: Any = PrivateAttr(default=None)
+    # Unknown arguments raise, so a misspelt setting (``max_tokens``, say) never passes silently.
+    model_config = ConfigDict(extra="forbid")
+
     _warned: set[str] = PrivateAttr(default_factory=set)
 
-    @field_validator("model_path", "adapter_path", mode="before")
-    @classmethod
-    def _fspath(cls, value: Any) -> Any:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
-
     @model_validator(mode="after")
-    def _check_budget(self) -> TaleHFLLM:
-        if self.budget is not None and not self.enforce_budget:
-            raise ValueError(f"budget={self.budget} needs enforce_budget=True; without it nothing would enforce it")
+    def _cap_from_generator(self) -> Self:
+        # Runs after HFModelFields' validator (a base's validators run first), so the generator is there.
+        if self.max_new_tokens is None:  # LlamaIndex reads it as metadata.num_output
+            self.max_new_tokens = self._generator.max_new_tokens
         return self
-
-    def model_post_init(self, context: Any, /) -> None:
-        generator = context.get(_GENERATOR_KEY) if isinstance(context, dict) else None
-        if generator is None:
-            from ..backends.hf import HFGenerator  # the hf extra is needed only to build one
-
-            generator = HFGenerator(
-                self.model_path, adapter=self.adapter_path, merge=self.merge_adapter, device=self.device,
-                dtype=self.dtype, max_new_tokens=self.max_new_tokens, max_batch_size=self.max_batch_size,
-                temperature=self.temperature, seed=self.seed, enforce_budget=self.enforce_budget,
-                model_name=self.model_name,
-            )
-        self._generator = generator
-        if self.model_name is None:
-            self.model_name = generator.model_name
-
-    @classmethod
-    def from_generator(cls, generator: Any, **fields: Any) -> TaleHFLLM:
-        """Wrap an `HFGenerator` (loaded or not) or an object with the same API.
-
-        ``fields`` are the per-call defaults (``temperature``, ``max_new_tokens``, ``budget``...) and
-        LlamaIndex settings (``callback_manager``, ``system_prompt``...); ``temperature`` and
-        ``max_new_tokens`` default to the generator's. Loading settings belong to the generator.
-
-        Raises:
-            TypeError: a loading setting was given, or ``generator`` lacks the backend API.
-        """
-        given = sorted(set(fields) & set(_LOADING_FIELDS))
-        if given:
-            raise TypeError(f"from_generator() takes {given} from the generator; set them on HFGenerator(...)")
-        api = ("generate", "agenerate", "stream", "astream")
-        missing = [m for m in api if not callable(getattr(generator, m, None))]
-        if missing or not hasattr(generator, "model_name"):
-            raise TypeError(f"generator must have the HFGenerator API (missing {missing or ['model_name']}), "
-                            f"got {type(generator).__name__}")
-        for name in ("temperature", "max_new_tokens"):
-            if getattr(generator, name, None) is not None:
-                fields.setdefault(name, getattr(generator, name))
-        fields.update(enforce_budget=getattr(generator, "enforcement", None) is not None,
-                      max_batch_size=getattr(generator, "max_batch_size", 16), seed=getattr(generator, "seed", None))
-        return cls.model_validate(fields, context={_GENERATOR_KEY: generator})
 
     @classmethod
     def class_name(cls) -> str:
         return "TaleHFLLM"
-
-    @property
-    def generator(self) -> Any:
-        """The backend generator (an `HFGenerator`)."""
-        return self._generator
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -184,31 +121,15 @@ class TaleHFLLM(LLM):
 
     # -- per-call settings and responses ------------------------------------------------------
 
-    def _settings(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Backend keyword arguments for one call: per-call values over the LLM's defaults."""
-        kwargs = {k: v for k, v in kwargs.items() if k not in _INTERNAL_KWARGS}
-        max_tokens, max_new = kwargs.pop("max_tokens", None), kwargs.pop("max_new_tokens", None)
-        if max_tokens is not None and max_new is not None and max_tokens != max_new:
-            raise ValueError(f"max_tokens={max_tokens!r} and max_new_tokens={max_new!r} disagree; pass one of them")
-        cap = max_tokens if max_tokens is not None else max_new
-        stop = kwargs.pop("stop", None)
-        temperature = kwargs.pop("temperature", None)
-        settings = {
-            "max_tokens": self.max_new_tokens if cap is None else cap,
-            "stop": [stop] if isinstance(stop, str) else stop,
-            "temperature": self.temperature if temperature is None else temperature,
-            "budget": kwargs.pop("budget", self.budget),
-        }
-        if "answer_format" in kwargs:
-            settings["answer_format"] = kwargs.pop("answer_format")
-        if settings["budget"] is not None and getattr(self._generator, "enforcement", None) is None:
-            raise ValueError(f"budget={settings['budget']!r} needs enforce_budget=True; without it nothing "
-                             "would enforce it (put the budget in the prompt instead)")
-        for name in sorted(set(kwargs) - self._warned):
+    def _call(self, kwargs: dict[str, Any]) -> CallSettings:
+        """This call's settings: ``kwargs`` over the fields (see the class docstring for the names)."""
+        for name in sorted(_PROVIDER_OPTIONS & set(kwargs) - self._warned):
             self._warned.add(name)
-            logger.warning("TaleHFLLM ignores the keyword argument %r (known: max_tokens, max_new_tokens, stop, "
-                           "temperature, budget, answer_format)", name)
-        return settings
+            logger.warning("TaleHFLLM ignores the keyword argument %r, an option for hosted APIs", name)
+        kwargs = {k: v for k, v in kwargs.items() if k not in _PROVIDER_OPTIONS}
+        if isinstance(kwargs.get("stop"), str):
+            kwargs["stop"] = [kwargs["stop"]]  # one stop string
+        return self._call_settings(kwargs, framework=_FRAMEWORK_KWARGS)
 
     def _prompt_messages(self, prompt: str, formatted: bool) -> list[Message]:
         if not isinstance(prompt, str):
@@ -216,38 +137,38 @@ class TaleHFLLM(LLM):
         text = prompt if formatted else self.completion_to_prompt(prompt)
         return [{"role": "user", "content": text}]
 
-    def _generate(self, rows: list[list[Message]], settings: dict[str, Any]) -> list[Generation]:
-        return self._generator.generate(rows, **per_row(settings, len(rows))) if rows else []
+    def _generate(self, rows: list[list[Message]], settings: CallSettings) -> list[Generation]:
+        return self._generator.generate(rows, **settings.for_generate(len(rows))) if rows else []
 
-    async def _agenerate(self, rows: list[list[Message]], settings: dict[str, Any]) -> list[Generation]:
-        return await self._generator.agenerate(rows, **per_row(settings, len(rows))) if rows else []
+    async def _agenerate(self, rows: list[list[Message]], settings: CallSettings) -> list[Generation]:
+        return await self._generator.agenerate(rows, **settings.for_generate(len(rows))) if rows else []
 
     # -- chat ---------------------------------------------------------------------------------
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Answer a conversation under the model's chat template."""
-        settings = self._settings(kwargs)
+        settings = self._call(kwargs)
         return chat_response(self._generate([to_backend_messages(messages)], settings)[0])
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Async twin of `chat` (decoding runs in a worker thread)."""
-        settings = self._settings(kwargs)
+        settings = self._call(kwargs)
         return chat_response((await self._agenerate([to_backend_messages(messages)], settings))[0])
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         """Stream a chat answer; the last response carries the usage."""
-        settings = self._settings(kwargs)
-        events = self._generator.stream(to_backend_messages(messages), **settings)
+        settings = self._call(kwargs)
+        events = self._generator.stream(to_backend_messages(messages), **settings.for_stream())
         return pieces(events, chat_response)
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         """Async twin of `stream_chat`."""
-        settings = self._settings(kwargs)
-        events = self._generator.astream(to_backend_messages(messages), **settings)
+        settings = self._call(kwargs)
+        events = self._generator.astream(to_backend_messages(messages), **settings.for_stream())
         return apieces(events, chat_response)
 
     # -- completion ---------------------------------------------------------------------------
@@ -255,28 +176,28 @@ class TaleHFLLM(LLM):
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Answer ``prompt`` sent as one user message (``completion_to_prompt`` applies unless ``formatted``)."""
-        settings = self._settings(kwargs)
+        settings = self._call(kwargs)
         return completion_response(self._generate([self._prompt_messages(prompt, formatted)], settings)[0])
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
         """Async twin of `complete`."""
-        settings = self._settings(kwargs)
+        settings = self._call(kwargs)
         return completion_response((await self._agenerate([self._prompt_messages(prompt, formatted)], settings))[0])
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
         """Stream a completion; the last response carries the usage."""
-        settings = self._settings(kwargs)
-        return pieces(self._generator.stream(self._prompt_messages(prompt, formatted), **settings),
-                       completion_response)
+        settings = self._call(kwargs)
+        return pieces(self._generator.stream(self._prompt_messages(prompt, formatted), **settings.for_stream()),
+                      completion_response)
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         """Async twin of `stream_complete`."""
-        settings = self._settings(kwargs)
-        return apieces(self._generator.astream(self._prompt_messages(prompt, formatted), **settings),
-                        completion_response)
+        settings = self._call(kwargs)
+        return apieces(self._generator.astream(self._prompt_messages(prompt, formatted), **settings.for_stream()),
+                       completion_response)
 
     # -- batches (one backend call; one LLM callback event per input) --------------------------
 
@@ -316,7 +237,7 @@ class TaleHFLLM(LLM):
         ``llm_completion_callback`` fire around one call; the body appends the responses in order."""
         if isinstance(inputs, str) or not isinstance(inputs, Sequence):
             raise TypeError(f"expected a list of {'conversations' if chat else 'prompts'}, got {type(inputs).__name__}")
-        settings = self._settings(kwargs)
+        settings = self._call(kwargs)
         rows = [to_backend_messages(x) if chat else self._prompt_messages(x, kwargs["formatted"]) for x in inputs]
         field, in_key, out_key = ("messages", EventPayload.MESSAGES, EventPayload.RESPONSE) if chat else (
             "prompt", EventPayload.PROMPT, EventPayload.COMPLETION)

@@ -34,6 +34,7 @@ from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse, Response, StreamingResponse  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
+from ..core.checks import check_positive_int  # noqa: E402
 from ..core.estimators import get_estimator, is_zero_shot  # noqa: E402
 from ..core.generation import PromptTooLongError  # noqa: E402
 from ..core.prompts import QuestionFormat  # noqa: E402
@@ -156,8 +157,7 @@ def create_app(
     for method in ("generate", "stream", "encode_chat"):
         if not callable(getattr(generator, method, None)):
             raise TypeError(f"generator must be an HFGenerator (with {method}), got {type(generator).__name__}")
-    if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
-        raise ValueError(f"max_body_bytes must be a positive int, got {max_body_bytes!r}")
+    check_positive_int("max_body_bytes", max_body_bytes)
     if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
         raise ValueError("api_key must be a non-empty string or None")
     auto_estimator = None if is_zero_shot(estimator) else get_estimator(estimator)

@@ -25,18 +25,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.generation import Generation, Message
+from ..core.checks import check_number, check_positive_int
+from ..core.errors import BatcherClosed, JobCancelled
+from ..core.generation import BaseGenerator, Generation, Message, Sampling
 from ..core.prompts import QuestionFormat
 
 __all__ = ["BatchedGenerator", "BatcherClosed", "JobCancelled", "MicroBatcher"]
-
-
-class BatcherClosed(RuntimeError):
-    """The batcher is shutting down and takes no new requests."""
-
-
-class JobCancelled(Exception):
-    """The request was cancelled (its client went away) before it was generated."""
 
 
 @dataclass(eq=False, slots=True)
@@ -69,10 +63,8 @@ class MicroBatcher:
         window_ms: float = 10.0,
         answer_format: QuestionFormat | str = QuestionFormat.CHAT,
     ) -> None:
-        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
-        if isinstance(window_ms, bool) or not isinstance(window_ms, (int, float)) or not 0 <= window_ms <= 10_000:
-            raise ValueError(f"window_ms must be a number of milliseconds between 0 and 10000, got {window_ms!r}")
+        check_positive_int("max_batch_size", max_batch_size)
+        check_number("window_ms", window_ms, low=0, high=10_000, hint=" (milliseconds)")
         self.generator = generator
         self.max_batch_size = max_batch_size
         self.window = window_ms / 1000
@@ -261,11 +253,11 @@ def _settle(future: asyncio.Future[Generation], *, result: Generation | None = N
         future.set_result(result)  # type: ignore[arg-type]
 
 
-class BatchedGenerator:
+class BatchedGenerator(BaseGenerator):
     """A `Generator` view of a `MicroBatcher`, so the zero-shot estimator's calls join the batches.
 
     ``agenerate`` queues each conversation in the batcher; ``generate`` (sync, no event loop) calls
-    the underlying generator directly.
+    the underlying generator directly. Calls are checked by `BaseGenerator` before they queue.
 
     Args:
         batcher: The running batcher.
@@ -277,27 +269,14 @@ class BatchedGenerator:
         self.cancel = cancel
         self.model_name = batcher.generator.model_name
 
-    def generate(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        *,
-        max_tokens: int | None = None,
-        stop: Sequence[str] | None = None,
-        temperature: float | None = None,
-    ) -> list[Generation]:
+    def _generate(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[Generation]:
         """Generate directly with the underlying generator (outside any batch)."""
-        return self.batcher.generator.generate(prompts, max_tokens=max_tokens, stop=stop, temperature=temperature)
+        return self.batcher.generator.generate(conversations, **sampling.to_dict())
 
-    async def agenerate(
-        self,
-        prompts: Sequence[Sequence[Message]],
-        *,
-        max_tokens: int | None = None,
-        stop: Sequence[str] | None = None,
-        temperature: float | None = None,
-    ) -> list[Generation]:
+    async def _agenerate(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[Generation]:
         """Queue every conversation in the batcher; results in order."""
         return list(await asyncio.gather(*(
-            self.batcher.submit(p, max_tokens=max_tokens, stop=stop or (), temperature=temperature, cancel=self.cancel)
-            for p in prompts
+            self.batcher.submit(c, max_tokens=sampling.max_tokens, stop=sampling.stop or (),
+                                temperature=sampling.temperature, cancel=self.cancel)
+            for c in conversations
         )))

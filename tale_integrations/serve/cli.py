@@ -11,7 +11,10 @@ import os
 import sys
 from typing import Any
 
-from .._argtypes import positive_int as _positive, temperature as _temperature
+from .._argtypes import convert
+from .._argtypes import positive_int as _positive
+from .._argtypes import temperature as _temperature
+from ..core.checks import check_int, check_number
 
 __all__ = ["API_KEY_ENV", "add_serve_parser", "run_serve"]
 
@@ -21,20 +24,11 @@ API_KEY_ENV = "TALE_API_KEY"
 
 
 def _port(text: str) -> int:
-    value = _positive(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {value}")
-    return value
+    return convert(text, int, check_int, low=1, high=65535, hint=" (a port number)")
 
 
 def _milliseconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of milliseconds, got {text!r}") from None
-    if not 0 <= value <= 10_000:
-        raise argparse.ArgumentTypeError(f"expected between 0 and 10000 milliseconds, got {value}")
-    return value
+    return float(convert(text, float, check_number, low=0, high=10_000, hint=" (milliseconds)"))
 
 
 def add_serve_parser(subparsers: Any) -> None:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.errors import TaleError
+
 __all__ = [
     "APIError",
     "bad_request",
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 
-class APIError(Exception):
+class APIError(TaleError):
     """An error answered with an HTTP status and the OpenAI error object.
 
     Args:

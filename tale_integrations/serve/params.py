@@ -14,11 +14,12 @@ Every field of the OpenAI chat-completions and completions APIs falls in one of 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..core.checks import check_flag, check_int, check_number, check_positive_int
+from ..core.errors import TaleValueError
 from .errors import bad_request, unknown_parameter, unsupported
 
 __all__ = ["GenerationRequest", "parse_chat", "parse_completion"]
@@ -111,13 +112,19 @@ def _check_fields(body: Mapping[str, Any], own: frozenset[str], default_only: Ma
         raise unknown_parameter(key)
 
 
-def _int(body: Mapping[str, Any], key: str, *, minimum: int = 1) -> int | None:
-    value = body.get(key)
+def _check(check: Callable[..., Any], key: str, value: Any, **limits: Any) -> Any:
+    """Run a `core.checks` check on the body field ``key`` (absent or null: None); a failure is a 400
+    naming the field."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise bad_request(f"{key} must be an integer of at least {minimum}, got {value!r}", param=key)
-    return value
+    try:
+        return check(key, value, **limits)
+    except TaleValueError as exc:
+        raise bad_request(str(exc), param=key) from None
+
+
+def _int(body: Mapping[str, Any], key: str) -> int | None:
+    return _check(check_positive_int, key, body.get(key))
 
 
 def _common(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -126,12 +133,7 @@ def _common(body: Mapping[str, Any]) -> dict[str, Any]:
         raise bad_request("you must provide a model parameter", param="model", code="missing_required_parameter")
     if not isinstance(model, str):
         raise bad_request(f"model must be a string, got {type(model).__name__}", param="model")
-    temperature = body.get("temperature")
-    if temperature is not None and (
-        isinstance(temperature, bool) or not isinstance(temperature, (int, float))
-        or not math.isfinite(temperature) or not 0 <= temperature <= 2
-    ):
-        raise bad_request(f"temperature must be a number between 0 and 2, got {temperature!r}", param="temperature")
+    temperature = _check(check_number, "temperature", body.get("temperature"), low=0, high=2)
     stop = body.get("stop")
     if stop is None:
         stop = []
@@ -139,9 +141,7 @@ def _common(body: Mapping[str, Any]) -> dict[str, Any]:
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
         raise bad_request(f"stop must be a non-empty string or a list of at most 4 of them, got {stop!r}", param="stop")
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise bad_request(f"stream must be a boolean, got {stream!r}", param="stream")
+    stream = _check(check_flag, "stream", body.get("stream"))
     options = body.get("stream_options")
     include_usage = False
     if options is not None:
@@ -150,17 +150,11 @@ def _common(body: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(options, Mapping) or not isinstance(options.get("include_usage", False), bool):
             raise bad_request("stream_options must be an object like {'include_usage': true}", param="stream_options")
         include_usage = options.get("include_usage", False)
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise bad_request(f"seed must be an integer, got {seed!r}", param="seed")
+    _check(check_int, "seed", body.get("seed"))
     budget = body.get("tale_budget")
-    if budget is not None and budget != "auto" and (
-        isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
-    ):
-        raise bad_request(f"tale_budget must be a positive integer or 'auto', got {budget!r}", param="tale_budget")
-    enforce = body.get("tale_enforce")
-    if enforce is not None and not isinstance(enforce, bool):
-        raise bad_request(f"tale_enforce must be a boolean, got {enforce!r}", param="tale_enforce")
+    if budget != "auto":
+        _check(check_positive_int, "tale_budget", budget, hint=" or 'auto'")
+    enforce = _check(check_flag, "tale_enforce", body.get("tale_enforce"))
     if enforce and budget is None:
         raise bad_request("tale_enforce needs tale_budget (a positive integer or 'auto')", param="tale_enforce")
     return {

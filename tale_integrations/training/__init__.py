@@ -16,8 +16,8 @@ from typing import Any
 
 from ._common import StepInfo, TrainResult
 from .data import (
-    DPORecord,
     DataStats,
+    DPORecord,
     SFTRecord,
     build_dpo_records,
     build_sft_records,

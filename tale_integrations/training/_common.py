@@ -10,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+from ..core.checks import check_choice, check_flag, check_int, check_number
+from ..core.errors import TaleTypeError
 
 __all__ = ["DataStats", "StepInfo", "TrainConfig", "TrainResult", "budget_stats", "file_sha256", "is_search_file",
            "records_sha256", "write_jsonl"]
@@ -75,29 +77,26 @@ class TrainConfig:
     def __post_init__(self) -> None:
         name = type(self).__name__
         for f in ("epochs", "batch_size", "micro_batch_size", "lora_r", "lora_alpha", "max_length"):
-            _int(name, f, getattr(self, f), low=1)
+            check_int(f"{name}.{f}", getattr(self, f), low=1)
         for f in ("save_every", "keep_checkpoints"):
-            _int(name, f, getattr(self, f), low=0)
-        _int(name, "seed", self.seed, low=None)
-        _number(name, "learning_rate", self.learning_rate, positive=True)
-        _number(name, "weight_decay", self.weight_decay)
+            check_int(f"{name}.{f}", getattr(self, f), low=0)
+        check_int(f"{name}.seed", self.seed)
+        check_number(f"{name}.learning_rate", self.learning_rate, above=0)
+        check_number(f"{name}.weight_decay", self.weight_decay, low=0)
         if self.max_grad_norm is not None:
-            _number(name, "max_grad_norm", self.max_grad_norm, positive=True)
-        _number(name, "warmup_ratio", self.warmup_ratio, upper=1)
-        _number(name, "lora_dropout", self.lora_dropout, upper=1)
+            check_number(f"{name}.max_grad_norm", self.max_grad_norm, above=0)
+        check_number(f"{name}.warmup_ratio", self.warmup_ratio, low=0, high=1)
+        check_number(f"{name}.lora_dropout", self.lora_dropout, low=0, high=1)
         if self.batch_size % self.micro_batch_size:
             raise ValueError(f"{name}.batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
                              f"({self.micro_batch_size}); the difference is made up by gradient accumulation")
-        if self.lr_scheduler not in _SCHEDULERS:
-            raise ValueError(f"{name}.lr_scheduler must be one of {_SCHEDULERS}, got {self.lr_scheduler!r}")
-        if self.mixed_precision not in _PRECISIONS:
-            raise ValueError(f"{name}.mixed_precision must be one of {_PRECISIONS}, got {self.mixed_precision!r}")
+        check_choice(f"{name}.lr_scheduler", self.lr_scheduler, _SCHEDULERS)
+        check_choice(f"{name}.mixed_precision", self.mixed_precision, _PRECISIONS)
         modules = self.target_modules
         if isinstance(modules, str) or not modules or not all(isinstance(m, str) and m for m in modules):
             raise ValueError(f"{name}.target_modules must be a non-empty list of module names, got {modules!r}")
         object.__setattr__(self, "target_modules", tuple(modules))
-        if not isinstance(self.gradient_checkpointing, bool):
-            raise TypeError(f"{name}.gradient_checkpointing must be a bool, got {self.gradient_checkpointing!r}")
+        check_flag(f"{name}.gradient_checkpointing", self.gradient_checkpointing, error=TaleTypeError)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (JSON-ready)."""
@@ -116,20 +115,6 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that define what is learned (a resumed run must match them)."""
         return {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS}
-
-
-def _int(cls: str, name: str, value: Any, *, low: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
-        need = "an int" if low is None else f"an int >= {low}"
-        raise ValueError(f"{cls}.{name} must be {need}, got {value!r}")
-
-
-def _number(cls: str, name: str, value: Any, *, positive: bool = False, upper: float | None = None) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and (value > 0 if positive else value >= 0) and (upper is None or value <= upper)
-    if not ok:
-        bounds = "> 0" if positive else ">= 0" + (f" and <= {upper}" if upper is not None else "")
-        raise ValueError(f"{cls}.{name} must be a number {bounds}, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

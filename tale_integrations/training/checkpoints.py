@@ -38,6 +38,7 @@ from typing import Any
 
 from .._optional import require
 from ..core.records import RunMismatchError
+from ..core.records import diff_summary as _diff
 
 torch = require("torch", extra="train", purpose="TALE-PT training")
 transformers = require("transformers", extra="train", purpose="TALE-PT training")
@@ -60,23 +61,6 @@ STATE_FILE = "trainer_state.json"
 ADAPTER_SUBDIR = "adapter"
 MERGED_DIR = "merged"
 _STEP_RE = re.compile(r"^step-(\d+)$")
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            flat.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            flat[f"{prefix}{k}"] = v
-    return flat
-
-
-def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
-    a, b = _flatten(old), _flatten(new)
-    changed = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    more = f"; and {len(changed) - 4} more" if len(changed) > 4 else ""
-    return "; ".join(changed[:4]) + more or "identities differ"
 
 
 class RunDir:
@@ -218,7 +202,7 @@ def merge_adapter(out_dir: str | os.PathLike[str]) -> Path:
     Returns:
         The merged folder, loadable as a plain model (``HFGenerator(OUT / "merged")``, vLLM ``--model``).
     """
-    from ..backends._hf_loading import check_source, load_checkpoint
+    from ..backends.hf.loading import check_source, load_checkpoint
 
     out = Path(out_dir)
     source = check_source(None, out)

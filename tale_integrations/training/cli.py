@@ -9,7 +9,6 @@ here imports torch until a command runs. `add_training_parsers` is wired into ``
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -18,9 +17,13 @@ from typing import Any
 
 from .._argtypes import non_negative_int as _non_negative_int
 from .._argtypes import positive_int as _positive_int
-from .data import DATASETS
+from .._cli_models import add_model_arguments, make_generator
+from ..core.datasets import DATA_DIR_HELP
+from .data import training_names
 
 __all__ = ["add_training_parsers"]
+
+_NAMED = f"a named data set ({training_names()})"
 
 
 def _number(low: float, high: float | None = None, *, strict: bool = False):  # noqa: ANN202
@@ -47,15 +50,10 @@ def add_training_parsers(subparsers: Any) -> None:
         "the same command resumes a killed search.",
     )
     search.add_argument("--dataset", required=True, metavar="NAME|PATH",
-                        help=f"a named data set ({', '.join(DATASETS)}) or a JSONL file of question/answer lines")
-    search.add_argument("--data-dir", metavar="DIR", help="folder of the named data sets (default $TALE_DATA_DIR or "
-                        "../shared/data)")
-    search.add_argument("--model", metavar="PATH|NAME",
-                        help="a local model folder (default: the embedded model), or the served model name with "
-                        "--base-url")
-    search.add_argument("--base-url", metavar="URL", help="an OpenAI-compatible server (vLLM, `tale serve`...)")
-    search.add_argument("--api-key", metavar="KEY", help="API key for --base-url (default $OPENAI_API_KEY, else "
-                        "'EMPTY' for local servers)")
+                        help=f"{_NAMED} or a JSONL file of question/answer lines")
+    search.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
+    add_model_arguments(search, model_help="a local model folder (default: the embedded model), or the served "
+                        "model name with --base-url")
     search.add_argument("--out", required=True, metavar="FILE.jsonl", help="the search file (resumed if it exists)")
     search.add_argument("--limit", type=_positive_int, metavar="N", help="search only the first N selected questions")
     search.add_argument("--split", choices=["all", "train", "held-out"], default="all",
@@ -84,7 +82,6 @@ def add_training_parsers(subparsers: Any) -> None:
     search.add_argument("--wave", type=_positive_int, default=256, metavar="N",
                         help="questions searched together; a kill loses at most one wave's unfinished work "
                         "(default 256)")
-    search.add_argument("--device", help="local model: cpu, cuda, cuda:N (default: cuda when available)")
     search.add_argument("--quiet", action="store_true", help="no per-step progress lines")
     search.set_defaults(handler=_search)
 
@@ -115,19 +112,18 @@ def _add_estimator_parser(methods: Any) -> None:
         "calibrated to a quantile by cross-validation) on (question, needed tokens) pairs: a data set's reference "
         "solutions, a search file's optimal budgets, or the correct answers of a vanilla evaluation. Prints its "
         "held-out quality beside a constant median. The shipped default is refitted byte for byte by "
-        "`tale train estimator --dataset gsm8k --target reference --out DIR`.",
+        "`tale train estimator --dataset gsm8k-train --target reference --out DIR`.",
     )
     source = est.add_mutually_exclusive_group(required=True)
     source.add_argument("--search-file", metavar="S.jsonl", help="a search file: fit on each found optimal budget")
     source.add_argument("--dataset", metavar="NAME|PATH",
-                        help=f"a named data set ({', '.join(DATASETS)}) or a JSONL file; see --target")
+                        help=f"{_NAMED} or a JSONL file; see --target")
     source.add_argument("--results", metavar="R.jsonl",
                         help="the results file of a vanilla method written by `tale eval`: fit on its correct answers")
     est.add_argument("--target", choices=["reference", "vanilla-correct"], default="reference",
                      help="with --dataset: the reference solutions' token counts (default), or the correct answers "
                      "of a vanilla chain-of-thought run of --model on it (run, resumable, under OUT/vanilla)")
-    est.add_argument("--data-dir", metavar="DIR", help="folder of the named data sets (default $TALE_DATA_DIR or "
-                     "../shared/data)")
+    est.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
     est.add_argument("--counter", metavar="ENCODING",
                      help="count targets with this tiktoken encoding (default cl100k_base for reference solutions, "
                      "the recorded counts for answers)")
@@ -209,25 +205,15 @@ class _StepReporter:
 
 
 def _generator(args: argparse.Namespace) -> Any:
-    if args.base_url:
-        if not args.model:
-            raise ValueError("--base-url needs --model NAME (the served model's name)")
-        from ..backends.openai import OpenAIGenerator
-
-        api_key = args.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
-        # one seed for every request would make the --samples copies (and --attempts answers) identical
-        return OpenAIGenerator(args.model, base_url=args.base_url, api_key=api_key, max_concurrency=args.batch_size,
-                               seed=args.seed if args.samples == 1 and args.attempts == 1 else None)
-    from .._optional import require
-
-    require("transformers", extra="hf", purpose="`tale search` with a local model")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    from ..backends.hf import HFGenerator
-
-    return HFGenerator(args.model, device=args.device, max_batch_size=args.batch_size, seed=args.seed,
-                       progress=lambda message: print(message, file=sys.stderr, flush=True))
+    if args.base_url and not args.model:
+        raise ValueError("--base-url needs --model NAME (the served model's name)")
+    # one seed for every request would make the --samples copies (and --attempts answers) identical
+    seed = args.seed if not args.base_url or (args.samples == 1 and args.attempts == 1) else None
+    generator, _ = make_generator(args.model, base_url=args.base_url, api_key=args.api_key,
+                                  api_key_env=args.api_key_env, device=args.device, batch_size=args.batch_size,
+                                  seed=seed, max_concurrency=args.batch_size if args.base_url else None,
+                                  purpose="`tale search` with a local model")
+    return generator
 
 
 def _counter(args: argparse.Namespace, generator: Any) -> Any:
@@ -369,14 +355,14 @@ def _train(args: argparse.Namespace, method: str) -> int:
 
 def _vanilla_results(args: argparse.Namespace) -> Path:
     """Run (or resume) vanilla chain-of-thought on the data set; returns the results file."""
-    from ..eval.cli import make_generator
     from ..eval.datasets import load_dataset
     from ..eval.harness import evaluate
     from .estimator import dataset_path
 
     path, name = dataset_path(args.dataset, args.data_dir)
     dataset = load_dataset(str(path), name=Path(name).with_suffix("").as_posix().replace("/", "-"), limit=args.limit)
-    generator, _ = make_generator(args.model, device=args.device, batch_size=args.batch_size)
+    generator, _ = make_generator(args.model, device=args.device, batch_size=args.batch_size,
+                                  purpose="`tale train estimator --target vanilla-correct`")
     [result] = evaluate(generator, dataset, ["vanilla"], Path(args.out) / "vanilla", batch_size=args.batch_size,
                         max_tokens=args.max_tokens)
     return result.path

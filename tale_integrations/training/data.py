@@ -1,8 +1,10 @@
 """TALE-PT data: questions in, search records out, SFT / DPO records for training.
 
-- `load_questions` reads a named evaluation set (``gsm8k``, ``gsm8k-test``, ``gsm8k-zero``) or any
-  JSONL file of ``{"question", "answer"}`` lines into `SearchItem` values (GSM8K ``#### n`` answers,
-  GSM8K-Zero floats, plain strings; ``options`` lines become multiple-choice items).
+- `load_questions` reads a named data set of the registry in `tale_integrations.core.datasets`
+  (``gsm8k-train``, ``gsm8k-test``, ``gsm8k-zero``...) or any JSONL file of ``{"question", "answer"}``
+  lines into `SearchItem` values (GSM8K ``#### n`` answers, GSM8K-Zero floats, plain strings;
+  ``options`` lines become multiple-choice items). Here, and only here, ``gsm8k`` still means GSM8K's
+  train split (`TRAINING_ALIASES`), as it did before the registry was shared.
 - `split_by_hash` splits questions into train / held-out by a seeded hash of the question text:
   the same seed always gives the same split, whatever the order or number of questions, and two
   copies of one question never land on opposite sides (GSM8K-Zero has no train split of its own).
@@ -27,26 +29,34 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
-from ..core.answers import gsm8k_gold, gsm8k_zero_gold
+from ..core.checks import check_positive_int
+from ..core.datasets import ALIASES, DATASETS, DatasetSpec, locate, parse_gold
+from ..core.datasets import data_dir as default_data_dir
 from ..core.prompts import QuestionFormat, answer_messages
 from ..core.search import SearchItem, SearchRecord, SearchStatus, load_records
 from ._common import DataStats, budget_stats, file_sha256, is_search_file, jsonl_rows, records_sha256, write_jsonl
 
 __all__ = [
-    "DATASETS", "DPORecord", "DataStats", "SFTRecord", "Split", "budget_stats", "build_dpo_records",
+    "DPORecord", "DataStats", "SFTRecord", "Split", "TRAINING_ALIASES", "budget_stats", "build_dpo_records",
     "build_sft_records", "default_data_dir", "file_sha256", "is_search_file", "load_dpo_data", "load_questions",
-    "load_sft_data", "read_dpo_records", "read_sft_records", "records_sha256", "records_stats", "sample_items",
-    "select_split", "split_by_hash", "write_jsonl",
+    "load_sft_data", "locate_dataset", "read_dpo_records", "read_sft_records", "records_sha256", "records_stats",
+    "sample_items", "select_split", "split_by_hash", "training_names", "write_jsonl",
 ]
 
-#: Named data sets: their file under the data folder (``$TALE_DATA_DIR``, default ``../shared/data``).
-DATASETS: dict[str, str] = {
-    "gsm8k": "gsm8k/train.jsonl",
-    "gsm8k-test": "gsm8k/test.jsonl",
-    "gsm8k-zero": "gsm8k_zero/test.jsonl",
-}
+#: Names the TALE-PT commands read otherwise than the registry: ``gsm8k`` meant GSM8K's train split
+#: here before evaluation and training shared one registry (the shipped learned estimator is refitted
+#: with ``--dataset gsm8k``), so it keeps that meaning in this package; ``gsm8k-train`` is the spelling
+#: that means the train split everywhere.
+TRAINING_ALIASES: Mapping[str, str] = MappingProxyType({"gsm8k": "gsm8k-train"})
+
+
+def training_names() -> str:
+    """The named data sets as the training commands read them, for help texts."""
+    names = [n for n in (*DATASETS, *ALIASES) if n not in TRAINING_ALIASES]
+    return "; ".join([", ".join(names), *(f"{old} = {new} here" for old, new in TRAINING_ALIASES.items())])
 
 #: Which part of a hash split to use.
 Split = Literal["all", "train", "held-out"]
@@ -54,22 +64,17 @@ Split = Literal["all", "train", "held-out"]
 T = TypeVar("T")
 
 
-def default_data_dir() -> Path:
-    """``$TALE_DATA_DIR`` if set, else ``../shared/data`` beside the working folder or the project."""
-    if env := os.environ.get("TALE_DATA_DIR"):
-        return Path(env)
-    candidates = [Path.cwd() / ".." / "shared" / "data", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"]
-    return next((c for c in candidates if c.is_dir()), candidates[0])
+def locate_dataset(
+    dataset: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None
+) -> tuple[DatasetSpec | None, Path]:
+    """The file of a registry name (read through `TRAINING_ALIASES`) with its spec, or of a JSONL path.
 
-
-def _gold(answer: Any, where: str) -> str:
-    if isinstance(answer, bool):
-        raise ValueError(f"{where}: 'answer' must be a number or a string, got {answer!r}")
-    if isinstance(answer, (int, float)):
-        return gsm8k_zero_gold(answer)
-    if isinstance(answer, str) and answer.strip():
-        return gsm8k_gold(answer) if "####" in answer else answer.strip()
-    raise ValueError(f"{where}: 'answer' must be a number or a non-empty string, got {answer!r}")
+    Raises:
+        DatasetNotFoundError: (a ``FileNotFoundError``) the name's file is missing, or ``dataset`` is
+            neither a name nor a file; the message names the known names or ``TALE_DATA_DIR``.
+    """
+    name = os.fspath(dataset)
+    return locate(TRAINING_ALIASES.get(name, name), data_dir)
 
 
 def load_questions(
@@ -78,8 +83,8 @@ def load_questions(
     """Read questions with their gold answers.
 
     Args:
-        dataset: A name in `DATASETS` or the path of a JSONL file whose lines hold ``question`` and
-            ``answer`` (and optionally ``id`` and ``options``).
+        dataset: A registry name (`locate_dataset`; ``gsm8k`` is the train split here) or the path of a
+            JSONL file whose lines hold ``question`` and ``answer`` (and optionally ``id`` and ``options``).
         data_dir: Folder of the named data sets (default `default_data_dir`).
         limit: Keep only the first ``limit`` questions.
 
@@ -90,23 +95,9 @@ def load_questions(
         FileNotFoundError: no such data set or file.
         ValueError: the file is empty, a line is malformed (named by number) or ids repeat.
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive int or None, got {limit!r}")
-    name = os.fspath(dataset)
-    if name in DATASETS:
-        root = Path(data_dir) if data_dir is not None else default_data_dir()
-        path = root / DATASETS[name]
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"dataset {name!r}: {path} does not exist; set TALE_DATA_DIR (or --data-dir) to the folder "
-                "holding gsm8k/ and gsm8k_zero/"
-            )
-    else:
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"dataset {name!r} is neither a known name ({', '.join(DATASETS)}) nor an existing JSONL file"
-            )
+    check_positive_int("limit", limit, optional=True)
+    spec, path = locate_dataset(dataset, data_dir)
+    answer_format = spec.answer_format if spec is not None else None  # a path: inferred line by line
     items: list[SearchItem] = []
     for n, row in jsonl_rows(path):
         where = f"{path}, line {n}"
@@ -117,10 +108,12 @@ def load_questions(
         options = row.get("options")
         fmt = QuestionFormat.MULTIPLE_CHOICE if options else QuestionFormat.GSM8K
         item_id = str(row["id"]) if row.get("id") is not None else str(len(items))
-        items.append(SearchItem(
-            id=item_id, question=row["question"], gold=_gold(row["answer"], where), format=fmt,
-            options=tuple(options) if options else None,
-        ))
+        options = tuple(options) if options else None
+        try:
+            gold = parse_gold(row["answer"], answer_format, options)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        items.append(SearchItem(id=item_id, question=row["question"], gold=gold, format=fmt, options=options))
         if limit is not None and len(items) >= limit:
             break
     if len({it.id for it in items}) != len(items):
@@ -172,8 +165,7 @@ def select_split(questions: Sequence[T], split: Split, *, seed: int, held_out: f
 def sample_items(items: Sequence[SearchItem], samples: int) -> list[SearchItem]:
     """Each item ``samples`` times with ids ``ID#k``: one independent search per sample (sampled
     decoding), so a question the model rarely answers right can still yield training records."""
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    check_positive_int("samples", samples)
     if samples == 1:
         return list(items)
     return [dataclasses.replace(it, id=f"{it.id}#{k}") for it in items for k in range(samples)]
@@ -288,15 +280,18 @@ def build_sft_records(records: Iterable[SearchRecord]) -> tuple[list[SFTRecord],
     left = _left_out(records)
     if missing := sum(1 for r in records if r.status is SearchStatus.FOUND and not r.optimal_answer):
         left["empty_answer"] = missing
-    return sft, _sft_stats(sft, total=len(records), left_out=left)
+    return sft, _stats(sft, total=len(records), left_out=left)
 
 
-def _sft_stats(records: Sequence[SFTRecord], *, total: int, left_out: Mapping[str, int]) -> DataStats:
+def _stats(records: Sequence[SFTRecord | DPORecord], *, total: int, left_out: Mapping[str, int]) -> DataStats:
+    """Budgets, target tokens (SFT completion / DPO chosen) and vanilla tokens (SFT vanilla / DPO rejected)."""
+    counts = [(r.completion_tokens, r.vanilla_tokens) if isinstance(r, SFTRecord)
+              else (r.chosen_tokens, r.rejected_tokens) for r in records]
     return DataStats(
         total=total, used=len(records), left_out=dict(left_out),
         budget=budget_stats(r.budget for r in records),
-        target_tokens=budget_stats(r.completion_tokens for r in records),
-        vanilla_tokens=budget_stats(r.vanilla_tokens for r in records),
+        target_tokens=budget_stats(target for target, _ in counts),
+        vanilla_tokens=budget_stats(vanilla for _, vanilla in counts),
     )
 
 
@@ -320,25 +315,14 @@ def build_dpo_records(records: Iterable[SearchRecord]) -> tuple[list[DPORecord],
             dpo.append(DPORecord(id=r.id, prompt=_prompt_for(r), chosen=r.optimal_answer, rejected=r.vanilla_answer,
                                  budget=r.optimal_budget, chosen_tokens=r.optimal_tokens,
                                  rejected_tokens=r.vanilla_tokens))
-    return dpo, _dpo_stats(dpo, total=len(records), left_out=left)
-
-
-def _dpo_stats(records: Sequence[DPORecord], *, total: int, left_out: Mapping[str, int]) -> DataStats:
-    return DataStats(
-        total=total, used=len(records), left_out=dict(left_out),
-        budget=budget_stats(r.budget for r in records),
-        target_tokens=budget_stats(r.chosen_tokens for r in records),
-        vanilla_tokens=budget_stats(r.rejected_tokens for r in records),
-    )
+    return dpo, _stats(dpo, total=len(records), left_out=left)
 
 
 def records_stats(records: Sequence[SFTRecord | DPORecord]) -> DataStats:
     """`DataStats` of ready training records (nothing left out)."""
     records = list(records)
-    if records and all(isinstance(r, SFTRecord) for r in records):
-        return _sft_stats(records, total=len(records), left_out={})
-    if all(isinstance(r, DPORecord) for r in records):
-        return _dpo_stats(records, total=len(records), left_out={})
+    if all(isinstance(r, SFTRecord) for r in records) or all(isinstance(r, DPORecord) for r in records):
+        return _stats(records, total=len(records), left_out={})
     raise TypeError("records must all be SFTRecord or all DPORecord values")
 
 
@@ -390,29 +374,23 @@ def load_sft_data(path: str | os.PathLike[str]) -> tuple[list[SFTRecord], DataSt
         ValueError: the file is empty or malformed, or no record is usable (the message gives the
             counts of what was left out).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    if is_search_file(path):
-        records, stats = build_sft_records(_load_search(path))
-    else:
-        records = read_sft_records(path)
-        stats = _sft_stats(records, total=len(records), left_out={})
-    if not records:
-        raise ValueError(f"{path}: no usable training records ({stats.summary()})")
-    return records, stats
+    return _load_data(path, build_sft_records, read_sft_records)
 
 
 def load_dpo_data(path: str | os.PathLike[str]) -> tuple[list[DPORecord], DataStats]:
     """DPO records from a search file (built with `build_dpo_records`) or from a DPO file."""
+    return _load_data(path, build_dpo_records, read_dpo_records)
+
+
+def _load_data(path: str | os.PathLike[str], build: Any, read: Any) -> tuple[list[Any], DataStats]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     if is_search_file(path):
-        records, stats = build_dpo_records(_load_search(path))
+        records, stats = build(_load_search(path))
     else:
-        records = read_dpo_records(path)
-        stats = _dpo_stats(records, total=len(records), left_out={})
+        records = read(path)
+        stats = _stats(records, total=len(records), left_out={})
     if not records:
         raise ValueError(f"{path}: no usable training records ({stats.summary()})")
     return records, stats

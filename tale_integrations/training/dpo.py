@@ -24,14 +24,13 @@ from .._optional import require
 torch = require("torch", extra="train", purpose="TALE-PT training")
 accelerate = require("accelerate", extra="train", purpose="TALE-PT training")
 
-from ._common import StepInfo, TrainConfig, TrainResult, _number  # noqa: E402
+from ..core.checks import check_number  # noqa: E402
+from ._common import StepInfo, TrainConfig, TrainResult  # noqa: E402
 from .checkpoints import finished, run  # noqa: E402
 from .data import DPORecord, load_dpo_data  # noqa: E402
 from .sft import (  # noqa: E402
     IGNORE_INDEX,
     answer_ids,
-    end_of_turn_id,
-    load_tokenizer,
     make_job,
     pad_rows,
     prepare,
@@ -58,7 +57,7 @@ class DPOConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         TrainConfig.__post_init__(self)
-        _number("DPOConfig", "beta", self.beta, positive=True)
+        check_number("DPOConfig.beta", self.beta, above=0)
 
 
 def encode_dpo(tokenizer: Any, record: DPORecord, eot: int) -> dict[str, list[int]]:
@@ -68,6 +67,11 @@ def encode_dpo(tokenizer: Any, record: DPORecord, eot: int) -> dict[str, list[in
         "chosen": answer_ids(tokenizer, record.chosen, eot),
         "rejected": answer_ids(tokenizer, record.rejected, eot),
     }
+
+
+def _pair_length(pair: Mapping[str, list[int]]) -> int:
+    """The longest row an encoded pair makes: its prompt and its longer answer."""
+    return len(pair["prompt"]) + max(len(pair["chosen"]), len(pair["rejected"]))
 
 
 def collate_dpo(pad_id: int) -> Callable[[list[Mapping[str, list[int]]]], dict[str, Any]]:
@@ -149,14 +153,8 @@ def train_dpo(
     prep = prepare("dpo", model, data, out_dir, config, load_dpo_data, DPORecord)
     if (done := finished(prep.run_dir, merge)) is not None:
         return done
-    tokenizer = load_tokenizer(prep.base)
-    eot = end_of_turn_id(tokenizer)
-    encoded = [encode_dpo(tokenizer, r, eot) for r in prep.records]
-    examples = [e for e in encoded if len(e["prompt"]) + max(len(e["chosen"]), len(e["rejected"])) <= config.max_length]
-    if not examples:
-        raise ValueError(f"no preference pair fits max_length={config.max_length} tokens (prompt + longer answer); "
-                         "raise max_length")
     beta = config.beta
-    job = make_job(prep, config, tokenizer, eot, examples, too_long=len(encoded) - len(examples),
-                   collate=collate_dpo(tokenizer.pad_token_id), loss_fn=lambda m, b: dpo_batch_loss(m, b, beta))
+    job = make_job(prep, config, encode=encode_dpo, length=_pair_length,
+                   unit="preference pair (prompt + longer answer)", collate=collate_dpo,
+                   loss_fn=lambda m, b: dpo_batch_loss(m, b, beta))
     return run(job, merge=merge, callbacks=callbacks, progress=progress)

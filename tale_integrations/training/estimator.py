@@ -9,7 +9,8 @@
 
 `fit_estimator` fits on such pairs and records where they came from; ``tale train estimator`` is its
 command line, and refits the shipped default byte for byte with
-``tale train estimator --dataset gsm8k --target reference --out DIR``.
+``tale train estimator --dataset gsm8k-train --target reference --out DIR`` (``gsm8k`` means the
+train split too in the training commands, `TRAINING_ALIASES`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..core.learned import FitSettings, LearnedEstimator, LearnedEstimatorError,
 from ..core.search import SearchStatus, load_records
 from ..core.tokens import get_counter
 from ._common import file_sha256
-from .data import DATASETS, default_data_dir
+from .data import locate_dataset
 
 __all__ = [
     "Pairs", "dataset_path", "fit_estimator", "reference_pairs", "reference_solution", "search_pairs",
@@ -48,18 +49,10 @@ class Pairs:
 
 
 def dataset_path(dataset: str, data_dir: str | os.PathLike[str] | None = None) -> tuple[Path, str]:
-    """The file of a named data set (`DATASETS`) or a JSONL path, and its name for the record."""
-    if dataset in DATASETS:
-        root = Path(data_dir) if data_dir is not None else default_data_dir()
-        path = root / DATASETS[dataset]
-        if not path.is_file():
-            raise FileNotFoundError(f"dataset {dataset!r}: {path} does not exist; set TALE_DATA_DIR (or --data-dir) "
-                                    "to the folder holding gsm8k/")
-        return path, DATASETS[dataset]
-    path = Path(dataset).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset {dataset!r} is neither a known name ({', '.join(DATASETS)}) nor a JSONL file")
-    return path, path.name
+    """The file of a named data set (`locate_dataset`) or a JSONL path, and its name for the record
+    (a named set's path under the data folder, ``"gsm8k/train.jsonl"``; else the file name)."""
+    spec, path = locate_dataset(dataset, data_dir)
+    return path, spec.path if spec is not None else path.name
 
 
 def reference_solution(answer: str) -> str:
@@ -67,7 +60,7 @@ def reference_solution(answer: str) -> str:
     return _CALCULATOR.sub("", answer)
 
 
-def reference_pairs(dataset: str = "gsm8k", *, data_dir: str | os.PathLike[str] | None = None,
+def reference_pairs(dataset: str = "gsm8k-train", *, data_dir: str | os.PathLike[str] | None = None,
                     counter: str = "cl100k_base") -> Pairs:
     """Pairs from a data set's reference solutions (lines whose ``answer`` is a worked solution).
 

@@ -144,15 +144,8 @@ def train_sft(
     prep = prepare("sft", model, data, out_dir, config, load_sft_data, SFTRecord)
     if (done := finished(prep.run_dir, merge)) is not None:
         return done
-    tokenizer = load_tokenizer(prep.base)
-    eot = end_of_turn_id(tokenizer)
-    encoded = [encode_sft(tokenizer, r, eot) for r in prep.records]
-    examples = [e for e in encoded if len(e["input_ids"]) <= config.max_length]
-    if not examples:
-        raise ValueError(f"no training example fits max_length={config.max_length} tokens (prompt + answer); "
-                         "raise max_length")
-    job = make_job(prep, config, tokenizer, eot, examples, too_long=len(encoded) - len(examples),
-                   collate=collate_sft(tokenizer.pad_token_id), loss_fn=sft_loss)
+    job = make_job(prep, config, encode=encode_sft, length=lambda e: len(e["input_ids"]),
+                   unit="training example (prompt + answer)", collate=collate_sft, loss_fn=sft_loss)
     return run(job, merge=merge, callbacks=callbacks, progress=progress)
 
 
@@ -196,8 +189,8 @@ def pad_rows(rows: Sequence[Sequence[int]], value: int) -> Any:
 
 def resolve_base(model: Any) -> str:
     """The base model to train: a local folder (made absolute) or hub id; None = the embedded model."""
-    from ..backends._hf_loading import check_source
     from ..backends.embedded import embedded_model_path
+    from ..backends.hf.loading import check_source
 
     if model is None:
         return str(embedded_model_path())
@@ -227,7 +220,7 @@ def load_tokenizer(base: str) -> Any:
 
 def load_lora_model(base: str, config: TrainConfig, precision: str) -> Any:
     """The base model with a fresh LoRA adapter (B = 0, so it starts equal to the base)."""
-    from ..backends._hf_loading import load_checkpoint
+    from ..backends.hf.loading import load_checkpoint
 
     dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     model, _ = load_checkpoint(base, None, device="cpu", dtype=dtype, merge=False, trust_remote_code=False)
@@ -287,9 +280,19 @@ def prepare(method: str, model: Any, data: Any, out_dir: Any, config: TrainConfi
     return Prepared(run_dir=run_dir, base=base, records=records, stats=stats, data_file=data_file, data_sha256=sha)
 
 
-def make_job(prep: Prepared, config: TrainConfig, tokenizer: Any, eot: int, examples: list[dict[str, Any]], *,
-             too_long: int, collate: Callable[..., dict[str, Any]], loss_fn: Callable[..., Any]) -> Job:
-    """The `checkpoints.Job` of a prepared run (its metadata, precision and model factory)."""
+def make_job(prep: Prepared, config: TrainConfig, *, encode: Callable[[Any, Any, int], dict[str, list[int]]],
+             length: Callable[[dict[str, list[int]]], int], unit: str,
+             collate: Callable[[int], Callable[..., dict[str, Any]]], loss_fn: Callable[..., Any]) -> Job:
+    """The `checkpoints.Job` of a prepared run: its records encoded (``encode(tokenizer, record, eot)``),
+    those longer than ``max_length`` (by ``length``) left out and counted, its metadata, precision and
+    model factory. ``unit`` names one example in the error raised when none fits."""
+    tokenizer = load_tokenizer(prep.base)
+    eot = end_of_turn_id(tokenizer)
+    encoded = [encode(tokenizer, r, eot) for r in prep.records]
+    examples = [e for e in encoded if length(e) <= config.max_length]
+    if not examples:
+        raise ValueError(f"no {unit} fits max_length={config.max_length} tokens; raise max_length")
+    too_long = len(encoded) - len(examples)
     method = prep.run_dir.identity["method"]
     precision = resolve_precision(config.mixed_precision)
     metadata = {
@@ -299,5 +302,6 @@ def make_job(prep: Prepared, config: TrainConfig, tokenizer: Any, eot: int, exam
         "end_of_turn_token": tokenizer.convert_ids_to_tokens(eot),
     }
     return Job(method=method, base=prep.base, config=config, precision=precision,
-               load_model=lambda: load_lora_model(prep.base, config, precision), examples=examples, collate=collate,
+               load_model=lambda: load_lora_model(prep.base, config, precision), examples=examples,
+               collate=collate(tokenizer.pad_token_id),
                loss_fn=loss_fn, tokenizer=tokenizer, run_dir=prep.run_dir, metadata=metadata)

@@ -328,3 +328,10 @@ def test_a_chat_template_replaces_the_models_own_without_changing_its_tokenizer(
     assert out.usage.input_tokens == len(gen.encode_chat(messages))
     with pytest.raises(ValueError, match="chat_template"):
         HFGenerator(chat_template="  ")
+
+
+def test_the_package_exports_the_generator_and_its_settings():
+    import tale_integrations.backends.hf as hf
+
+    assert hf.__all__ == ["HFGenerator", "HFSettings"]
+    assert hf.HFSettings().max_new_tokens == HFGenerator().max_new_tokens == 512  # nothing loads

@@ -7,7 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tale_integrations.backends._hf_cache import (  # noqa: E402
+from tale_integrations.backends.hf import HFGenerator  # noqa: E402
+from tale_integrations.backends.hf.cache import (  # noqa: E402
     GrowingLayer,
     buckets,
     growing_cache,
@@ -17,8 +18,6 @@ from tale_integrations.backends._hf_cache import (  # noqa: E402
     shared_prefix,
     supports_fast_path,
 )
-from tale_integrations.backends.hf import HFGenerator  # noqa: E402
-
 
 SYSTEM = "Answer the question step by step and give the answer in the format [[answer]]."
 
@@ -120,7 +119,7 @@ def test_buckets_cover_every_row_once():
 @pytest.fixture()
 def small_buckets(monkeypatch):
     """Bucket the tiny tests' short prompts as real prompts are bucketed (several groups)."""
-    from tale_integrations.backends import _hf_cache
+    from tale_integrations.backends.hf import cache as _hf_cache
 
     monkeypatch.setattr(_hf_cache, "MIN_BUCKET_TOKENS", 20)
 

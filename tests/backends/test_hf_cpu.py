@@ -1,4 +1,4 @@
-"""oneDNN-packed linear layers for CPU decoding (`_hf_cpu`), on real layers and a tiny real model."""
+"""oneDNN-packed linear layers for CPU decoding (`backends/hf/cpu_packing.py`), on real layers and a tiny model."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tale_integrations.backends._hf_cpu import (  # noqa: E402
+from tale_integrations.backends.hf import HFGenerator  # noqa: E402
+from tale_integrations.backends.hf.cpu_packing import (  # noqa: E402
     PackedLinear,
     _FileMappings,
     _page_out,
     can_pack,
     pack_linears,
 )
-from tale_integrations.backends.hf import HFGenerator  # noqa: E402
 
 if not can_pack(torch.nn.Sequential(torch.nn.Linear(2, 2))):
     pytest.skip("this PyTorch build has no oneDNN packed linear", allow_module_level=True)

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from tale_integrations.backends._hf_stream import safe_prefix  # noqa: E402
+from tale_integrations.backends.hf.streaming import safe_prefix  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "count"}]
 

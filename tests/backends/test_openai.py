@@ -156,6 +156,17 @@ def test_bad_settings_fail_early(kwargs):
         OpenAIGenerator("gpt-4o-mini", api_key="k", **kwargs)
 
 
+@pytest.mark.parametrize(("settings", "name"), [({"max_tokens": 0}, "max_tokens"), ({"temperature": 3}, "temperature"),
+                                              ({"stop": "\n"}, "stop")])
+def test_bad_call_settings_fail_before_any_request(settings, name):
+    mock = Mock()
+    with pytest.raises((TypeError, ValueError), match=name):
+        mock.generator().generate([MESSAGES], **settings)
+    with pytest.raises((TypeError, ValueError), match=name):
+        asyncio.run(mock.generator().agenerate([MESSAGES], **settings))
+    assert mock.bodies == []
+
+
 def test_clients_get_timeout_retries_and_the_environment(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "from-env")
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")

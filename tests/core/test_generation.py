@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from tale_integrations.core.generation import FunctionGenerator, Generation, Generator, Usage, validate_messages
+from tale_integrations.core.errors import TaleError
+from tale_integrations.core.generation import (
+    BaseGenerator,
+    FunctionGenerator,
+    Generation,
+    Generator,
+    Sampling,
+    Usage,
+    validate_messages,
+)
 
 
 def test_usage_adds_and_totals():
@@ -78,3 +87,70 @@ def test_function_generator_rejects_bad_returns_and_non_callables():
         FunctionGenerator(lambda m, **_: 3).generate([[{"role": "user", "content": "q"}]])
     with pytest.raises(TypeError, match="callable"):
         FunctionGenerator("not a function")
+
+
+# -- Sampling and BaseGenerator -------------------------------------------------------------------
+
+
+def test_sampling_keeps_checked_settings_and_gives_generate_keywords():
+    sampling = Sampling(max_tokens=5, stop=["\n\n", "Q:"], temperature=0)
+    assert sampling.stop == ("\n\n", "Q:")
+    assert sampling.to_dict() == {"max_tokens": 5, "stop": ["\n\n", "Q:"], "temperature": 0}
+    assert Sampling().to_dict() == {"max_tokens": None, "stop": None, "temperature": None}
+
+
+@pytest.mark.parametrize(("settings", "error", "match"), [
+    ({"max_tokens": 0}, ValueError, "max_tokens must be a positive int or None"),
+    ({"max_tokens": True}, ValueError, "max_tokens"),
+    ({"temperature": 2.5}, ValueError, "temperature must be a number from 0 to 2"),
+    ({"temperature": float("nan")}, ValueError, "temperature"),
+    ({"stop": "Q:"}, TypeError, r"one stop string: \[text\]"),
+    ({"stop": ["Q:", None]}, TypeError, "stop must be a list of strings"),
+    ({"stop": [""]}, ValueError, "non-empty"),
+])
+def test_sampling_refuses_bad_settings(settings, error, match):
+    with pytest.raises(error, match=match):
+        Sampling(**settings)
+
+
+class Echo(BaseGenerator):
+    """The smallest subclass: records what reached `_generate`."""
+
+    model_name = "echo"
+
+    def __init__(self, *, extra: int = 0) -> None:
+        self.seen: list[tuple[list, Sampling]] = []
+        self.extra = extra
+
+    def _generate(self, conversations, sampling):
+        self.seen.append((conversations, sampling))
+        texts = [c[-1]["content"] for c in conversations] + ["extra"] * self.extra
+        return [Generation(text=t, usage=Usage(counter="none"), finish_reason="stop", model="echo") for t in texts]
+
+
+async def test_base_generator_checks_once_then_hands_over_plain_conversations():
+    gen = Echo()
+    assert isinstance(gen, Generator)
+    out = gen.generate([[{"role": "user", "content": "a"}]], max_tokens=3, stop=["x"])
+    assert [g.text for g in out] == ["a"]
+    assert gen.seen == [([[{"role": "user", "content": "a"}]], Sampling(max_tokens=3, stop=("x",)))]
+    assert [g.text for g in await gen.agenerate([[{"role": "user", "content": "b"}]])] == ["b"]  # via a thread
+    assert gen.generate([]) == [] and await gen.agenerate([]) == [] and len(gen.seen) == 2  # no model call
+    with pytest.raises(ValueError, match="temperature"):
+        gen.generate([[{"role": "user", "content": "a"}]], temperature=-1)
+    with pytest.raises(TypeError, match="stop"):
+        await gen.agenerate([], stop="x")  # settings are checked even for an empty batch
+    assert len(gen.seen) == 2
+
+
+def test_base_generator_refuses_a_wrong_number_of_generations():
+    with pytest.raises(TaleError, match="returned 2 generations for 1 conversations"):
+        Echo(extra=1).generate([[{"role": "user", "content": "a"}]])
+
+
+def test_base_generator_is_abstract():
+    class Incomplete(BaseGenerator):
+        model_name = "x"
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete()

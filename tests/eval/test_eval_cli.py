@@ -131,3 +131,12 @@ def test_eval_drives_api_models_concurrently(monkeypatch, write_jsonl, tmp_path,
     out = capsys.readouterr().out
     # 4/4 right, 10 tokens; (100 * 0.15 + 10 * 0.60) / 1e6 $ per question = $0.0210 per 1k (dated name priced).
     assert "| q | 100.00% / 10.00 / $0.0210 |" in out
+
+
+def test_data_dir_points_the_named_datasets_elsewhere(tmp_path, monkeypatch):
+    from tale_integrations.eval.datasets import DatasetError
+
+    monkeypatch.setenv("TALE_DATA_DIR", str(tmp_path / "unused"))
+    args = parse(["eval", "--dataset", "gsm8k-zero", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")])
+    with pytest.raises(DatasetError, match=f"not found at {tmp_path / 'gsm8k_zero' / 'test.jsonl'}"):
+        args.handler(args)  # before any model is loaded

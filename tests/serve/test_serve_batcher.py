@@ -135,6 +135,20 @@ async def test_batched_generator_is_a_generator_over_the_batcher():
     await batcher.close()
 
 
+async def test_batched_generator_checks_calls_before_they_queue():
+    gen = FakeGenerator()
+    batcher = await started(gen, window_ms=50)
+    view = BatchedGenerator(batcher)
+    with pytest.raises(ValueError, match="max_tokens"):
+        await view.agenerate([user("a")], max_tokens=0)
+    with pytest.raises(TypeError, match="stop"):
+        view.generate([user("a")], stop="x")
+    with pytest.raises(ValueError, match="role"):
+        await view.agenerate([[{"role": "robot", "content": "a"}]])
+    assert await view.agenerate([]) == [] and gen.calls == [] and not batcher.batch_sizes
+    await batcher.close()
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="max_batch_size"):
         MicroBatcher(FakeGenerator(), max_batch_size=0)

@@ -1,5 +1,10 @@
-"""Loading local checkpoints for `HFGenerator`: plain folders, merged TALE-PT checkpoints, base + LoRA
-adapter folders, with safetensors only and clear errors that name the path at fault."""
+"""Loading local checkpoints: plain folders, merged TALE-PT checkpoints, base + LoRA adapter folders,
+with safetensors only and clear errors that name the path at fault.
+
+The public loading API of the local backend, used by `HFGenerator` and by ``training`` (which loads
+the base it trains and merges adapters with it): `check_source` resolves where the weights come
+from, `check_device` and `resolve_dtype` the device and dtype, `load_checkpoint` loads them.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._optional import require
-from .embedded import EMBEDDED_MODEL_NAME
+from ..._optional import require
+from ...core.errors import TaleTypeError, TaleValueError
+from ..embedded import EMBEDDED_MODEL_NAME
+from .settings import DTYPE_NAMES
 
 torch = require("torch", extra="hf", purpose="the local Hugging Face backend")
 transformers = require("transformers", extra="hf", purpose="the local Hugging Face backend")
 
-__all__ = ["Source", "check_source", "load_checkpoint", "resolve_dtype"]
-
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "auto": "auto",
-}
+__all__ = ["Source", "check_device", "check_source", "config_window", "load_checkpoint", "resolve_dtype"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,22 +42,22 @@ def _check_weights(path: Path, argument: str, pattern: str) -> None:
         return
     pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
     if pickled:
-        raise ValueError(
+        raise TaleValueError(
             f"{argument}={str(path)!r} holds only pickle weights ({', '.join(pickled[:3])}); only safetensors are "
             "loaded (pickle files can run code). Convert them, e.g. load once and save_pretrained(..., "
             "safe_serialization=True)"
         )
-    raise ValueError(f"{argument}={str(path)!r} has no safetensors weights ({pattern})")
+    raise TaleValueError(f"{argument}={str(path)!r} has no safetensors weights ({pattern})")
 
 
 def _adapter_base(adapter: Path) -> str:
     try:
         config = json.loads((adapter / "adapter_config.json").read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"adapter={str(adapter)!r}: unreadable adapter_config.json ({exc})") from exc
+        raise TaleValueError(f"adapter={str(adapter)!r}: unreadable adapter_config.json ({exc})") from exc
     base = config.get("base_model_name_or_path")
     if not base:
-        raise ValueError(f"adapter={str(adapter)!r} does not name its base model; pass base=PATH")
+        raise TaleValueError(f"adapter={str(adapter)!r} does not name its base model; pass base=PATH")
     return base
 
 
@@ -63,7 +65,7 @@ def check_source(model: Any, adapter: Any = None) -> Source:
     """Validate the paths early (at construction, before any weights load)."""
     if adapter is not None:
         if not isinstance(adapter, (str, os.PathLike)):
-            raise TypeError(f"adapter must be a path, got {type(adapter).__name__}")
+            raise TaleTypeError(f"adapter must be a path, got {type(adapter).__name__}")
         adapter_path = Path(os.fspath(adapter)).expanduser()
         if not (adapter_path / "adapter_config.json").is_file():
             what = "does not exist" if not adapter_path.exists() else "has no adapter_config.json"
@@ -75,7 +77,7 @@ def check_source(model: Any, adapter: Any = None) -> Source:
     if model is None:
         return Source(base=None)
     if not isinstance(model, (str, os.PathLike)):
-        raise TypeError(f"model must be a path or a hub id, got {type(model).__name__}")
+        raise TaleTypeError(f"model must be a path or a hub id, got {type(model).__name__}")
     path = Path(os.fspath(model)).expanduser()
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
         return check_source(None, path)  # an adapter folder given as the model
@@ -87,7 +89,7 @@ def _check_base(base: Any, argument: str) -> str:
     path = Path(source).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ValueError(
+            raise TaleValueError(
                 f"{argument}={source!r} is not a Hugging Face model folder (no config.json in it); pass the "
                 "folder that holds config.json and the safetensors weights"
             )
@@ -115,21 +117,21 @@ def check_device(device: Any) -> str:
             silently somewhere else).
     """
     if not isinstance(device, str) or not device.strip():
-        raise TypeError(f"device must be a string such as 'cpu', 'cuda' or 'cuda:1', got {device!r}")
+        raise TaleTypeError(f"device must be a string such as 'cpu', 'cuda' or 'cuda:1', got {device!r}")
     if device == "auto":
         return device
     try:
         parsed = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"device={device!r} is not a device torch knows; pass 'cpu', 'cuda' or 'cuda:N'") from None
+        raise TaleValueError(f"device={device!r} is not a device torch knows; pass 'cpu', 'cuda' or 'cuda:N'") from None
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(
+            raise TaleValueError(
                 f"device={device!r}, but no CUDA device is available here (torch {torch.__version__}, "
                 f"CUDA build {torch.version.cuda or 'none'}); pass device='cpu' or leave device unset"
             )
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r}, but this machine has {torch.cuda.device_count()} CUDA device(s); "
+            raise TaleValueError(f"device={device!r}, but this machine has {torch.cuda.device_count()} CUDA device(s); "
                              f"pass cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
@@ -140,9 +142,16 @@ def resolve_dtype(dtype: Any, device: str) -> Any:
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or a torch.dtype, got {dtype!r}")
-    return _DTYPES[dtype]
+    if dtype not in DTYPE_NAMES:
+        raise TaleValueError(f"dtype must be one of {sorted(DTYPE_NAMES)} or a torch.dtype, got {dtype!r}")
+    name = DTYPE_NAMES[dtype]
+    return name if name == "auto" else getattr(torch, name)
+
+
+def config_window(config: Any) -> int:
+    """A model config's maximum sequence length, prompt included (2048 where the config names none)."""
+    window = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return int(window) if window else 2048
 
 
 def load_checkpoint(
@@ -170,7 +179,7 @@ def load_checkpoint(
     try:
         model = peft.PeftModel.from_pretrained(model, adapter, is_trainable=False)
     except Exception as exc:  # shape mismatches come as RuntimeError, missing modules as ValueError
-        raise ValueError(
+        raise TaleValueError(
             f"adapter={adapter!r} does not fit the base model {base!r}: {exc}. Pass the base it was trained "
             "on (its adapter_config.json names it as base_model_name_or_path)"
         ) from exc

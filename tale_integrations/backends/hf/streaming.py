@@ -1,67 +1,24 @@
-"""Stop strings and token-by-token streaming for `HFGenerator`."""
+"""Token-by-token streaming for `HFGenerator`: a queue that ``generate`` feeds new token ids into, and
+the text deltas made from them, holding back any tail that could still grow into a stop string."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
-from .._optional import require
-from ..core.generation import StreamEvent
+from ..._optional import require
+from ...core.generation import Generation, StreamEvent
 
 torch = require("torch", extra="hf", purpose="the local Hugging Face backend")
 transformers = require("transformers", extra="hf", purpose="the local Hugging Face backend")
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
-__all__ = ["RowLimits", "StopOnStrings", "TextAssembler", "TokenQueue", "is_done", "safe_prefix", "stream_text"]
+__all__ = ["TextAssembler", "TokenQueue", "astream_events", "is_done", "safe_prefix", "start", "stream_events"]
 
 _DONE = object()
-
-
-class StopOnStrings(transformers.StoppingCriteria):
-    """Ends each row once its new text contains a stop string (checked on a window of recent tokens)."""
-
-    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_length: int) -> None:
-        self.tokenizer = tokenizer
-        self.stops = list(stops)
-        self.prompt_length = prompt_length
-        # A stop string of n characters spans at most n tokens; a little more covers the join.
-        self.window = max(len(s) for s in self.stops) + 4
-        self.stopped_at: dict[int, int] = {}
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        start = self.prompt_length
-        for row in range(input_ids.shape[0]):
-            if row in self.stopped_at:
-                done[row] = True
-                continue
-            tail = input_ids[row, max(start, input_ids.shape[1] - self.window) :]
-            text = self.tokenizer.decode(tail, skip_special_tokens=True)
-            if any(s in text for s in self.stops):
-                self.stopped_at[row] = input_ids.shape[1] - start
-                done[row] = True
-        return done
-
-
-class RowLimits(transformers.StoppingCriteria):
-    """Per-row output caps and cancellation, for batches whose rows asked for different limits."""
-
-    def __init__(self, caps: Sequence[int], prompt_length: int, cancel: Sequence[threading.Event | None] | None) -> None:
-        self.caps = list(caps)
-        self.prompt_length = prompt_length
-        self.cancel = list(cancel) if cancel is not None else [None] * len(self.caps)
-        self.cancelled_at: dict[int, int] = {}
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        produced = input_ids.shape[1] - self.prompt_length
-        done = []
-        for row, (cap, event) in enumerate(zip(self.caps, self.cancel)):
-            if event is not None and event.is_set():
-                self.cancelled_at.setdefault(row, produced)
-            done.append(produced >= cap or row in self.cancelled_at)
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 class _Cancelled(transformers.StoppingCriteria):
@@ -148,12 +105,56 @@ def is_done(item: Any) -> bool:
     return item is _DONE
 
 
-def stream_text(
-    tokenizer: Any, tokens: TokenQueue, stop: Sequence[str] | None, eos_ids: set[int], outcome: dict[str, Any]
-) -> Iterator[StreamEvent]:
-    """Turn the token queue into `StreamEvent` values; the last one carries the final `Generation`."""
+def start(decode: Callable[[TokenQueue], Generation]) -> tuple[TokenQueue, threading.Thread, dict[str, Any]]:
+    """Run ``decode`` (one generation that feeds its new tokens to the queue it is given) in a worker thread.
+
+    Returns the queue, the thread and the outcome, which holds ``"generation"`` or, if ``decode``
+    raised, ``"error"`` once the queue is done (an error is handed to the consumer, never lost).
+    """
+    tokens = TokenQueue()
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["generation"] = decode(tokens)
+        except BaseException as exc:  # handed to the consumer, never lost in the thread
+            outcome["error"] = exc
+        finally:
+            tokens.finish()
+
+    thread = threading.Thread(target=work, name="tale-hf-stream", daemon=True)
+    thread.start()
+    return tokens, thread, outcome
+
+
+def stream_events(tokenizer: Any, stop: Sequence[str] | None, eos_ids: set[int],
+                  decode: Callable[[TokenQueue], Generation]) -> Iterator[StreamEvent]:
+    """Run ``decode`` and turn its tokens into `StreamEvent` values; the last carries the final `Generation`.
+
+    Nothing runs before the first event is asked for; closing the iterator early stops the generation.
+    """
+    tokens, thread, outcome = start(decode)
     assembler = TextAssembler(tokenizer, stop, eos_ids)
-    while not is_done(item := tokens.queue.get()):
-        if delta := assembler.feed(item):
-            yield StreamEvent(text=delta)
-    yield assembler.finish(outcome)
+    try:
+        while not is_done(item := tokens.queue.get()):
+            if delta := assembler.feed(item):
+                yield StreamEvent(text=delta)
+        yield assembler.finish(outcome)
+    finally:
+        tokens.cancel()
+        thread.join()
+
+
+async def astream_events(tokenizer: Any, stop: Sequence[str] | None, eos_ids: set[int],
+                         decode: Callable[[TokenQueue], Generation]) -> AsyncIterator[StreamEvent]:
+    """Async twin of `stream_events`: the event loop only waits on the token queue, never on the model."""
+    tokens, thread, outcome = start(decode)
+    assembler = TextAssembler(tokenizer, stop, eos_ids)
+    try:
+        while not is_done(item := await asyncio.to_thread(tokens.queue.get)):
+            if delta := assembler.feed(item):
+                yield StreamEvent(text=delta)
+        yield assembler.finish(outcome)
+    finally:
+        tokens.cancel()
+        await asyncio.to_thread(thread.join)

@@ -1,4 +1,5 @@
-"""Faster CPU decoding for `HFGenerator`: linear layers whose weights are prepacked for oneDNN.
+"""Faster CPU decoding: linear layers whose weights are prepacked for oneDNN (a part of the fast path, see
+``fast_path.py``).
 
 A decoding step multiplies a few rows of activations (one per sequence of the batch) by every
 weight matrix of the model. PyTorch's default CPU product (``F.linear``) lays the weight out for
@@ -27,7 +28,7 @@ import mmap
 import sys
 from typing import Any
 
-from .._optional import require
+from ..._optional import require
 
 torch = require("torch", extra="hf", purpose="the local Hugging Face backend")
 

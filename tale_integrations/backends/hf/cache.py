@@ -1,4 +1,4 @@
-"""Key/value cache and prompt prefill for `HFGenerator`'s batched decoding.
+"""Key/value cache and prompt prefill for batched decoding (a part of the fast path, see ``fast_path.py``).
 
 Two costs of plain ``model.generate`` on a left-padded batch are removed here:
 
@@ -10,8 +10,8 @@ Two costs of plain ``model.generate`` on a left-padded batch are removed here:
   groups of similar length (buckets), each at its own width, and assembles one cache for the
   decoding that follows (laid out by `layout`: shared prefix, padding, each row's own tokens).
 
-Both are used only where they are known to apply (`supports_fast_path`); anything else takes the
-plain ``generate`` path.
+Both are used only where they are known to apply (`supports_fast_path`) and the fast path is on;
+anything else takes the plain ``generate`` path. `layout` is also the plain path's left padding.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import mmap
 from collections.abc import Sequence
 from typing import Any
 
-from .._optional import require
+from ..._optional import require
 
 torch = require("torch", extra="hf", purpose="the local Hugging Face backend")
 transformers = require("transformers", extra="hf", purpose="the local Hugging Face backend")

@@ -1,0 +1,187 @@
+"""One batch of encoded prompts through ``model.generate``, and a `Generation` for each row.
+
+`BatchDecoder` holds what stays fixed for a loaded model (model, tokenizer, end-of-turn ids, budget
+enforcement, seed); `HFGenerator` makes one when it installs its model and hands it each batch with
+that batch's caps, stop strings and budgets. Per batch it builds the generation config, the
+stopping criteria (stop strings, per-row caps and cancellation: `StopOnStrings`, `RowLimits`), the
+budget enforcer, and on the fast path the prefilled cache (``fast_path.py``); afterwards it cuts
+each row at its end of turn or stop string and counts its tokens exactly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from ..._optional import require
+from ...core.budget import BudgetEnforcement
+from ...core.errors import TaleValueError
+from ...core.generation import Generation, Usage
+from ...core.prompts import QuestionFormat
+from ..budget_enforcer import BudgetEnforcer
+from .fast_path import batch_inputs, prefilled_cache
+from .loading import config_window
+from .streaming import TokenQueue
+
+torch = require("torch", extra="hf", purpose="the local Hugging Face backend")
+transformers = require("transformers", extra="hf", purpose="the local Hugging Face backend")
+
+__all__ = ["BatchDecoder", "RowLimits", "StopOnStrings", "eos_ids_of"]
+
+
+class StopOnStrings(transformers.StoppingCriteria):
+    """Ends each row once its new text contains a stop string (checked on a window of recent tokens)."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.stops = list(stops)
+        self.prompt_length = prompt_length
+        # A stop string of n characters spans at most n tokens; a little more covers the join.
+        self.window = max(len(s) for s in self.stops) + 4
+        self.stopped_at: dict[int, int] = {}
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        start = self.prompt_length
+        for row in range(input_ids.shape[0]):
+            if row in self.stopped_at:
+                done[row] = True
+                continue
+            tail = input_ids[row, max(start, input_ids.shape[1] - self.window) :]
+            text = self.tokenizer.decode(tail, skip_special_tokens=True)
+            if any(s in text for s in self.stops):
+                self.stopped_at[row] = input_ids.shape[1] - start
+                done[row] = True
+        return done
+
+
+class RowLimits(transformers.StoppingCriteria):
+    """Per-row output caps and cancellation, for batches whose rows asked for different limits."""
+
+    def __init__(self, caps: Sequence[int], prompt_length: int,
+                 cancel: Sequence[threading.Event | None] | None) -> None:
+        self.caps = list(caps)
+        self.prompt_length = prompt_length
+        self.cancel = list(cancel) if cancel is not None else [None] * len(self.caps)
+        self.cancelled_at: dict[int, int] = {}
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        produced = input_ids.shape[1] - self.prompt_length
+        done = []
+        for row, (cap, event) in enumerate(zip(self.caps, self.cancel)):
+            if event is not None and event.is_set():
+                self.cancelled_at.setdefault(row, produced)
+            done.append(produced >= cap or row in self.cancelled_at)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def eos_ids_of(model: Any, tokenizer: Any, model_name: str) -> set[int]:
+    """The ids that end a turn: the generation config's end-of-sequence ids and the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    if not ids:
+        raise TaleValueError(f"{model_name!r} defines no end-of-sequence token")
+    return ids
+
+
+class BatchDecoder:
+    """Decodes batches of encoded prompts with one loaded model, one batch at a time (under ``lock``).
+
+    Args:
+        model: The transformers model, in eval mode.
+        tokenizer: Its tokenizer, with a padding token.
+        model_name: Name reported in each `Generation` (and its token counter).
+        enforcement: Budget enforcement while decoding, or None (budgets are then refused upstream).
+        seed: Seed set before each sampled batch, for repeatable runs.
+        lock: Held while a batch runs on the model (its owner's, shared by all its calls).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, model_name: str, enforcement: BudgetEnforcement | None,
+                 seed: int | None, lock: threading.Lock) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.model_name, self.enforcement, self.seed = model_name, enforcement, seed
+        self.eos_ids = eos_ids_of(model, tokenizer, model_name)
+        self.eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else min(self.eos_ids)
+        self.window = config_window(model.config)
+        self.lock = lock
+
+    def run(
+        self,
+        rows: list[list[int]],
+        caps: list[int],
+        stop: list[str] | None,
+        temperature: float,
+        budgets: list[int | None],
+        answer_format: QuestionFormat | str,
+        *,
+        cache_path: bool,
+        streamer: TokenQueue | None = None,
+        cancel: list[threading.Event | None] | None = None,
+    ) -> list[Generation]:
+        """One `Generation` per row, in order; ``cache_path`` takes the fast path's cache (``fast_path.py``)."""
+        tok, model = self.tokenizer, self.model
+        width = max(len(r) for r in rows)
+        # Each row's own room: positions come from the attention mask, so padding costs a row nothing.
+        caps = [min(cap, self.window - len(r)) for cap, r in zip(caps, rows)]
+        max_new = max(caps)
+        pad = tok.pad_token_id
+        ids, mask, shared = batch_inputs(rows, width, pad, cache_path=cache_path)
+        sampling = temperature > 0
+        config = transformers.GenerationConfig(
+            max_new_tokens=max_new, do_sample=sampling, temperature=temperature if sampling else None,
+            top_p=None, top_k=None, pad_token_id=pad, eos_token_id=sorted(self.eos_ids),
+        )
+        criteria = transformers.StoppingCriteriaList()
+        stop_criterion = StopOnStrings(tok, stop, width) if stop else None
+        if stop_criterion:
+            criteria.append(stop_criterion)
+        if streamer is not None:
+            criteria.append(streamer.criterion())
+        limits = None
+        if len(set(caps)) > 1 or (cancel and any(e is not None for e in cancel)):
+            limits = RowLimits(caps, width, cancel)
+            criteria.append(limits)
+        processors = transformers.LogitsProcessorList()
+        if self.enforcement is not None and any(b is not None for b in budgets):
+            processors.append(BudgetEnforcer(
+                tok, budgets, prompt_length=width, max_tokens=caps, eos_token_id=self.eos,
+                policy=self.enforcement, format=answer_format,
+            ))
+        input_ids, attention = torch.tensor(ids, device=model.device), torch.tensor(mask, device=model.device)
+        with self.lock, torch.inference_mode():
+            if sampling and self.seed is not None:
+                torch.manual_seed(self.seed)
+            cache = prefilled_cache(model, rows, width, pad, shared, width + max_new) if cache_path else {}
+            output = model.generate(
+                input_ids=input_ids, attention_mask=attention, generation_config=config, stopping_criteria=criteria,
+                logits_processor=processors, streamer=streamer, **cache,
+            )
+        new = output[:, width:].tolist()
+        ends = [limits.cancelled_at.get(row, cap) if limits else cap for row, cap in enumerate(caps)]
+        return [
+            self._finish(row, prompt, tokens[: ends[row]], stop, stop_criterion)
+            for row, (prompt, tokens) in enumerate(zip(rows, new))
+        ]
+
+    def _finish(self, row: int, prompt: list[int], tokens: list[int], stop: list[str] | None,
+                criterion: StopOnStrings | None) -> Generation:
+        end = next((k + 1 for k, t in enumerate(tokens) if t in self.eos_ids), None)
+        reason = "stop"
+        if criterion is not None and row in criterion.stopped_at and (end is None or criterion.stopped_at[row] < end):
+            end = criterion.stopped_at[row]
+        elif end is None:
+            end, reason = len(tokens), "length"
+        text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
+        if stop:
+            cut = min((p for p in (text.find(s) for s in stop) if p >= 0), default=-1)
+            if cut >= 0:
+                text, reason = text[:cut], "stop"
+        return Generation(
+            text=text,
+            usage=Usage(input_tokens=len(prompt), output_tokens=end, counter=f"hf:{self.model_name}"),
+            finish_reason=reason,
+            model=self.model_name,
+        )
