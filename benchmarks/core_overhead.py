@@ -6,15 +6,20 @@ estimate, clamping, answer prompts, answer extraction, result values), in TALE-E
 vanilla modes, batched, async and one question at a time. "overhead" is the pipeline's time per
 question minus the baseline's; the model itself costs nothing here, so this is all our own code.
 
-    python benchmarks/core_overhead.py [--questions 2000] [--repeats 5]
+    python benchmarks/core_overhead.py [--questions 2000] [--repeats 5] [--json benchmarks/results/core_overhead.json]
+
+Each path runs ``--repeats`` times; the table shows the median, ``--json`` keeps every run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import platform
+import statistics
 import time
+from pathlib import Path
 
 from tale_integrations import Generation, TalePipeline, Usage
 from tale_integrations.core.prompts import answer_messages
@@ -36,42 +41,51 @@ class InstantGenerator:
         return self.generate(prompts, **kwargs)
 
 
-def best_of(repeats: int, fn) -> float:
+def timed(repeats: int, fn, per: int) -> list[float]:
+    """Seconds per question of each of ``repeats`` runs of ``fn`` (which answers ``per`` questions)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        times.append((time.perf_counter() - start) / per)
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", metavar="PATH", help="also write every run's figures here")
     args = parser.parse_args()
     n, gen = args.questions, InstantGenerator()
     questions = [f"Tom has {i} apples and buys 4 more. How many apples does he have?" for i in range(n)]
     # The baseline is what a user would write by hand: build the budgeted prompt, call the model.
-    direct = best_of(args.repeats, lambda: gen.generate([answer_messages(q, budget=42) for q in questions])) / n
-    rows = [("hand-built prompt + generator call", direct)]
+    runs = {"hand-built prompt + generator call":
+            timed(args.repeats, lambda: gen.generate([answer_messages(q, budget=42) for q in questions]), n)}
     for label, tale in [
         ("TALE-EP batch (estimate + answer)", TalePipeline(gen)),
         ("fixed budget batch", TalePipeline(gen, budget=50)),
         ("vanilla CoT batch", TalePipeline(gen, mode="vanilla")),
     ]:
-        rows.append((label, best_of(args.repeats, lambda t=tale: t.batch(questions)) / n))
+        runs[label] = timed(args.repeats, lambda t=tale: t.batch(questions), n)
     tale = TalePipeline(gen)
     subset = questions[: max(1, n // 10)]
-    rows.append(("TALE-EP invoke, one at a time", best_of(args.repeats, lambda: [tale.invoke(q) for q in subset]) / len(subset)))
-    rows.append(("TALE-EP abatch", best_of(args.repeats, lambda: asyncio.run(tale.abatch(questions))) / n))
+    runs["TALE-EP invoke, one at a time"] = timed(args.repeats, lambda: [tale.invoke(q) for q in subset], len(subset))
+    runs["TALE-EP abatch"] = timed(args.repeats, lambda: asyncio.run(tale.abatch(questions)), n)
 
+    median = {label: statistics.median(times) for label, times in runs.items()}
+    direct = median["hand-built prompt + generator call"]
     print(f"python {platform.python_version()} on {platform.machine()} ({platform.processor() or 'cpu'}), "
-          f"{n} questions, best of {args.repeats}")
+          f"{n} questions, median of {args.repeats}")
     print(f"{'path':<36} {'us/question':>12} {'overhead us':>12} {'ratio':>8}")
-    for label, seconds in rows:
+    for label, seconds in median.items():
         us = seconds * 1e6
         print(f"{label:<36} {us:>12.1f} {us - direct * 1e6:>12.1f} {seconds / direct:>8.1f}x")
+    if args.json:
+        out = {"settings": {"questions": n, "repeats": args.repeats, "python": platform.python_version()},
+               "us_per_question": {label: [round(t * 1e6, 2) for t in times] for label, times in runs.items()},
+               "median_us": {label: round(t * 1e6, 2) for label, t in median.items()}}
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

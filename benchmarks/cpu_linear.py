@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from tale_integrations.backends._hf_cpu import PackedLinear, can_pack
+from tale_integrations.backends.hf.cpu_packing import PackedLinear, can_pack
 
 SHAPES = [("576 -> 576 (attention q/o)", 576, 576), ("576 -> 1536 (MLP up/gate)", 576, 1536),
           ("1536 -> 576 (MLP down)", 1536, 576), ("576 -> 49152 (output head)", 576, 49152)]

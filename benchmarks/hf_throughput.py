@@ -3,7 +3,8 @@
 Three ways to answer the same GSM8K questions (greedy, the same new-token cap):
 
 1. `HFGenerator.generate`: one left-padded batch, one forward pass per step for all questions
-   (also run with ``pack_weights=False``, to show what the packed weights add);
+   (also run with ``pack_weights=False``, to show what the packed weights add, and with
+   ``fast_path=False``, plain batched ``model.generate``: what the whole CPU fast path adds);
 2. LangChain's `ChatHuggingFace.batch` over a `HuggingFacePipeline` (langchain-huggingface), the
    usual way LangChain users run a local model;
 3. a plain `model.generate` loop, one question at a time.
@@ -15,7 +16,7 @@ oneDNN-packed weights). Peak memory is the kernel's own peak-RSS count (reset be
 from a baseline taken after the libraries that loading imports are imported.
 
     pip install langchain-huggingface   # for the comparison only
-    python benchmarks/hf_throughput.py [--questions 16] [--new-tokens 64]
+    python benchmarks/hf_throughput.py [--questions 16] [--new-tokens 64] [--json benchmarks/results/hf_throughput.json]
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def reset_peak() -> bool:
 def release_heap() -> None:
     import gc
 
-    from tale_integrations.backends._hf_cpu import release_free_memory
+    from tale_integrations.backends.hf.cpu_packing import release_free_memory
 
     gc.collect()
     release_free_memory()
@@ -174,6 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--json", metavar="PATH", help="also write every row's raw figures here")
     args = parser.parse_args()
 
     gen = HFGenerator(max_batch_size=args.questions)
@@ -202,8 +204,12 @@ def main() -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in plain.model.parameters())
     plain.generate(prompts, max_tokens=2)  # the same warm-up
     results = {"HFGenerator.generate (batched)": ours,
-               "  the same, pack_weights=False": run_ours(plain, prompts, args.new_tokens),
-               "plain model.generate loop": run_loop(plain, prompts, args.new_tokens)}
+               "  the same, pack_weights=False": run_ours(plain, prompts, args.new_tokens)}
+    unfast = HFGenerator(max_batch_size=args.questions, fast_path=False).load()
+    unfast.generate(prompts, max_tokens=2)  # the same warm-up
+    results["  the same, fast_path=False"] = run_ours(unfast, prompts, args.new_tokens)
+    del unfast
+    results["plain model.generate loop"] = run_loop(plain, prompts, args.new_tokens)
     chf = run_chat_huggingface(plain, prompts, args.new_tokens)
     if chf is not None:
         results["ChatHuggingFace.batch"] = chf
@@ -216,9 +222,17 @@ def main() -> None:
     for name, (seconds, tokens, _) in results.items():
         rate = tokens / seconds
         print(f"{name:<34} {seconds:>8.2f} {tokens:>7d} {rate:>9.1f} {ours_rate / rate:>8.2f}x")
-    for name in ("plain model.generate loop", "  the same, pack_weights=False"):
+    for name in ("plain model.generate loop", "  the same, pack_weights=False", "  the same, fast_path=False"):
         same = sum(a == b for a, b in zip(ours[2], results[name][2]))
         print(f"identical texts, ours vs {name.strip()}: {same}/{len(prompts)}")
+
+    if args.json:
+        out = {"settings": {"questions": args.questions, "new_tokens": args.new_tokens, "torch": torch.__version__,
+                            "threads": torch.get_num_threads(), "device": str(gen.device)},
+               "rows": {name.strip(): {"seconds": round(sec, 3), "tokens": tok, "tokens_per_s": round(tok / sec, 1),
+                                       "identical_texts": sum(a == b for a, b in zip(ours[2], texts))}
+                        for name, (sec, tok, texts) in results.items()}}
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
 
     bandwidth, peak_flops = machine_limits()
     steps = args.new_tokens
