@@ -9,7 +9,7 @@ from typing import Any
 from .core.checks import check_int, check_number, check_positive_int
 from .core.errors import TaleValueError
 
-__all__ = ["convert", "non_negative_int", "positive_int", "temperature"]
+__all__ = ["add_wait_argument", "convert", "non_negative_int", "positive_int", "temperature"]
 
 
 def convert(text: str, parse: Callable[[str], Any], check: Callable[..., Any], **limits: Any) -> Any:
@@ -42,3 +42,13 @@ def non_negative_int(text: str) -> int:
 def temperature(text: str) -> float:
     """A sampling temperature between 0 (greedy) and 2."""
     return float(convert(text, float, check_number, low=0, high=2, hint=" (0 = greedy)"))
+
+
+def add_wait_argument(parser: argparse.ArgumentParser, what: str = "run") -> None:
+    """``--wait [SECONDS]``: when another process is writing the same {what}, wait for it instead of stopping."""
+    parser.add_argument(
+        "--wait", nargs="?", const=True, default=False, type=lambda text: convert(text, float, check_number, low=0),
+        metavar="SECONDS",
+        help=f"if another process is writing the same {what}, wait for it to finish (at most SECONDS if given) "
+             "instead of stopping with an error",
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from ._argtypes import positive_int as _positive_int
 from ._argtypes import temperature as _temperature
 from ._cli_models import local_generator
 from .core.budget import BudgetPolicy
+from .core.errors import TaleError
 from .core.estimators import get_estimator
 from .core.learned import LearnedEstimator
 from .core.pipeline import Mode, TalePipeline, TaleResult
@@ -156,11 +158,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tale`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # warnings meant for the user (a record file read with lines left out) print as one plain line
+    saved, warnings.formatwarning = warnings.formatwarning, lambda message, *_, **__: (
+        f"tale {args.command}: warning: {message}\n")
     try:
         return args.handler(args)
-    except (ValueError, TypeError, OSError, ImportError) as exc:
+    except (TaleError, ValueError, TypeError, OSError, ImportError) as exc:
         print(f"tale {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = saved
 
 
 if __name__ == "__main__":  # pragma: no cover

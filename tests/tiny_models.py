@@ -97,3 +97,42 @@ def spy(generator: Any) -> list[dict[str, Any]]:
 
     generator.generate = wrapper
     return calls
+
+
+def build_chooser_model(tokenizer, *, seed: int = 0, max_positions: int = 256):
+    """A tiny random llama that only ever emits `SCRIPT_TOKENS` or the end of turn, choosing among
+    them by context: answers of varied length, right or wrong by question and budget (the answer is
+    40 when ``[[40]]`` appears, else 7), so a budget search takes a different number of steps per
+    question. Unlike `script_model` it survives ``save_pretrained``: it is a plain llama whose
+    attention biases are on (all zero but one o_proj bias, which gives the last hidden state a
+    constant direction) and whose output head puts every other token far below on that direction.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=max_positions, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        attention_bias=True, initializer_range=0.3,  # large weights: the choice depends on the context
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    allowed = [*tokenizer.convert_tokens_to_ids(SCRIPT_TOKENS), tokenizer.eos_token_id]
+    rows = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attention = layer.self_attn
+            for proj in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj):
+                proj.bias.zero_()
+        model.model.layers[-1].self_attn.o_proj.bias[0] = 30.0
+        head = model.lm_head.weight
+        head.zero_()
+        head[:, 0] = -3.0
+        for token in allowed:
+            head[token] = torch.randn(config.hidden_size, generator=rows) * 10.0
+            head[token, 0] = 3.0
+        head[tokenizer.eos_token_id, 0] = 0.0  # ending is less likely than going on
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval()

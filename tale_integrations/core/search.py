@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -328,6 +329,7 @@ def search_to_file(
     temperature: float | None = None,
     wave: int | None = 256,
     attempts: int = 1,
+    wait: bool | float = False,
 ) -> list[SearchRecord]:
     """`search`, streaming each finished record to a JSONL file and resuming a killed run.
 
@@ -336,46 +338,39 @@ def search_to_file(
     is written. Questions are searched ``wave`` at a time (None: all at once): each wave's records
     are on disk before the next wave starts, so a kill loses at most one wave's unfinished work.
     Returns the records of all items, read back or new, in item order. ``attempts``: see `search`.
+    One process writes a file at a time: another one on the same file raises `RunLockedError`, or waits
+    for it with ``wait`` (True, or at most that many seconds). Lines the file could not use (a cut last
+    line, a damaged one) are left out with a `RecoveredFileWarning` and their questions searched again.
     """
-    from .records import RecordFile
+    from .records import RecordFile, warn_recovered
 
     check_positive_int("wave", wave, optional=True, hint=" (questions searched together)")
     items = list(items)
     _check_attempts(attempts)
     header = run_header(generator, mode=mode, counter=counter, max_tokens=max_tokens, temperature=temperature,
                         attempts=attempts)
-    store = RecordFile(path, header)
-    todo = [it for it in items if it.id not in store]
-    size = wave or max(len(todo), 1)
-    for start in range(0, len(todo), size):
-        search(generator, todo[start : start + size], mode=mode, counter=counter, max_tokens=max_tokens,
-               temperature=temperature, on_record=lambda r: store.append(r.to_dict()), attempts=attempts)
-    return [SearchRecord.from_dict(store.records[it.id]) for it in items]
+    with RecordFile(path, header, wait=wait) as store:
+        warn_recovered(store.recovery)
+        todo = [it for it in items if it.id not in store]
+        size = wave or max(len(todo), 1)
+        for start in range(0, len(todo), size):
+            search(generator, todo[start : start + size], mode=mode, counter=counter, max_tokens=max_tokens,
+                   temperature=temperature, on_record=lambda r: store.append(r.to_dict()), attempts=attempts)
+        return [SearchRecord.from_dict(store.records[it.id]) for it in items]
 
 
-def load_records(path: str) -> list[SearchRecord]:
-    """Read a search file written by `search_to_file`.
+def load_records(path: str | os.PathLike[str]) -> list[SearchRecord]:
+    """Read a search file written by `search_to_file` (through `core.records.read_records`).
+
+    Records are deduplicated by id; lines that cannot be used (a cut last line, invalid UTF-8, another
+    schema) are left out with a `RecoveredFileWarning` naming each.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is empty, has no header, or holds a malformed record (named by line).
+        ValueError: the file is empty or is not a search file (its first line is not a tale-search header).
     """
-    import json
-    from pathlib import Path
+    from .records import read_records, warn_recovered
 
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    if not lines:
-        raise ValueError(f"{path} is empty: run `tale search` first")
-    try:
-        header = json.loads(lines[0])
-    except json.JSONDecodeError:
-        header = None
-    if not isinstance(header, dict) or header.get("header", {}).get("kind") != "tale-search":
-        raise ValueError(f"{path} is not a search file (its first line is not a tale-search header)")
-    records = []
-    for n, line in enumerate(lines[1:], start=2):
-        try:
-            records.append(SearchRecord.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, ValueError) as exc:
-            raise ValueError(f"{path}, line {n}: {exc}") from exc
-    return records
+    read = read_records(path, kind="tale-search", what="search file", check=SearchRecord.from_dict)
+    warn_recovered(read.recovery)
+    return [SearchRecord.from_dict(record) for record in read.records.values()]

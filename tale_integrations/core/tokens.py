@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from .files import atomic_write_bytes, cache_dir
+
 __all__ = [
     "PAPER_ENCODING",
     "HFTokenizerCounter",
@@ -51,16 +53,6 @@ _ENCODINGS = {
 _O200K_PREFIXES = ("gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4")
 
 _lock = threading.Lock()
-
-
-def cache_dir() -> Path:
-    """The project's cache folder: ``$TALE_CACHE_DIR``, else ``$XDG_CACHE_HOME/tale-integrations``,
-    else ``~/.cache/tale-integrations``."""
-    explicit = os.environ.get("TALE_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "tale-integrations"
 
 
 @runtime_checkable
@@ -94,10 +86,7 @@ def _prepare_tiktoken_cache(encoding: str) -> Path:
     url = _ENCODINGS[encoding][0]
     path = folder / hashlib.sha1(url.encode()).hexdigest()
     if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(_bundled_bpe(encoding))
-        os.replace(tmp, path)
+        atomic_write_bytes(path, _bundled_bpe(encoding))  # concurrent first uses write the same bytes
     return folder
 
 

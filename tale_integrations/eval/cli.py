@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any
 
+from .._argtypes import add_wait_argument
 from .._argtypes import positive_int as _positive_int
 from .._argtypes import temperature as _temperature
 from .._cli_models import add_model_arguments, make_generator
@@ -81,6 +82,7 @@ def add_eval_parsers(subparsers: Any) -> None:
     ev.add_argument("--seed", type=int, metavar="N", help="sampling seed (API models that support it, and sampled "
                     "local decoding; with --paper 1024, the paper's)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_wait_argument(ev, "results file")
     ev.add_argument("--no-report", action="store_true", help="do not write and print the report at the end")
     _report_options(ev)
     ev.set_defaults(handler=_eval)
@@ -158,7 +160,7 @@ def _eval(args: argparse.Namespace) -> int:
         estimator = ZeroShotEstimator(estimator_generator, lenient=not paper)
     common: dict[str, Any] = {"max_tokens": args.max_tokens, "temperature": args.temperature, "estimator": estimator,
                               "oracle": oracle, "progress": "none" if args.no_progress else "auto",
-                              "style": "paper" if paper else "default"}
+                              "style": "paper" if paper else "default", "wait": args.wait}
     try:
         if is_api:
             results = asyncio.run(aevaluate(generator, datasets, methods, args.out, concurrency=args.concurrency,

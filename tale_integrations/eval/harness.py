@@ -27,6 +27,7 @@ from ..core.checks import check_positive_int
 from ..core.datasets import slug as _slug
 from ..core.decision import RECORD_KEYS
 from ..core.estimators import BudgetEstimator
+from ..core.files import FileLock, atomic_write_json
 from ..core.generation import Generator
 from ..core.prompts import PROMPT_VERSION, PromptStyle
 from ..core.records import RecordFile
@@ -222,22 +223,24 @@ def _prepare(run_dir: str | Path, generator: Generator, datasets: Dataset | Sequ
 
 
 def _write_manifest(run_dir: Path, datasets: list[Dataset], generator: Generator, oracle: OracleBudgets | None) -> None:
+    """Add this run's datasets and model to ``run.json``. Several ``tale eval`` processes may share a
+    folder (one per method or model), so the read-modify-write holds a `FileLock` (a brief wait,
+    never an error) and the file is replaced in one step: no process loses another's entries."""
     path = run_dir / MANIFEST
     run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    except json.JSONDecodeError:
-        manifest = {}
-    manifest.setdefault("kind", "tale-eval-run")
-    manifest.setdefault("datasets", {}).update({ds.name: ds.to_dict() for ds in datasets})
-    models = set(manifest.get("models", [])) | {getattr(generator, "model_name", type(generator).__name__)}
-    manifest["models"] = sorted(models)
-    if oracle is not None:
-        manifest["search_file"] = str(Path(oracle.source).resolve())
-    manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    with FileLock(path, wait=True, what=f"the run manifest {path}"):
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        except json.JSONDecodeError:
+            manifest = {}
+        manifest.setdefault("kind", "tale-eval-run")
+        manifest.setdefault("datasets", {}).update({ds.name: ds.to_dict() for ds in datasets})
+        models = set(manifest.get("models", [])) | {getattr(generator, "model_name", type(generator).__name__)}
+        manifest["models"] = sorted(models)
+        if oracle is not None:
+            manifest["search_file"] = str(Path(oracle.source).resolve())
+        manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        atomic_write_json(path, manifest)
 
 
 @dataclass(slots=True)
@@ -268,7 +271,8 @@ class _Job:
 def _jobs(run_dir: str | Path, generator: Generator, datasets: Dataset | Sequence[Dataset],
           methods: Sequence[Method | str], *, max_tokens: int | None, temperature: float | None,
           estimator: BudgetEstimator | None, policy: BudgetPolicy | None, oracle: OracleBudgets | None,
-          style: PromptStyle | str, progress: str, log: Callable[[str], None]) -> Iterator[_Job]:
+          style: PromptStyle | str, progress: str, log: Callable[[str], None],
+          wait: bool | float = False) -> Iterator[_Job]:
     """Check the run (before anything is asked), then open each (dataset, method) in turn: its results
     file is read (the resume state) when its turn comes."""
     datasets, methods = _prepare(run_dir, generator, datasets, methods, oracle, log)
@@ -278,7 +282,9 @@ def _jobs(run_dir: str | Path, generator: Generator, datasets: Dataset | Sequenc
                                   temperature=temperature, estimator=estimator, policy=policy, oracle=oracle,
                                   style=style)
             header = run_header(ds, method, generator, max_tokens=max_tokens, temperature=temperature, runner=runner)
-            store = RecordFile(result_path(run_dir, ds.name, method, header["model"]), header)
+            store = RecordFile(result_path(run_dir, ds.name, method, header["model"]), header, wait=wait)
+            if store.recovery:
+                log(f"warning: {store.recovery.describe()}; those questions are asked again")
             done = [store.records[ex.id] for ex in ds.examples if ex.id in store]
             yield _Job(dataset=ds, method=method, runner=runner, store=store,
                        pending=[ex for ex in ds.examples if ex.id not in store], done=done,
@@ -305,6 +311,7 @@ def evaluate(
     style: PromptStyle | str = PromptStyle.DEFAULT,
     progress: str = "auto",
     log: Callable[[str], None] = _log,
+    wait: bool | float = False,
 ) -> list[RunResult]:
     """Run every method on every dataset with a local (batched) generator, resuming a killed run.
 
@@ -323,18 +330,22 @@ def evaluate(
         oracle: For ``oracle``: `OracleBudgets` from a search file.
         progress: ``"auto"`` (tqdm if installed), ``"tqdm"``, ``"plain"`` or ``"none"``.
         log: Where warnings go (default: stderr).
+        wait: Another process writing one of the run's files: False raises `RunLockedError` at once,
+            True waits for it, a number waits at most that many seconds.
 
     Returns:
         One `RunResult` per (dataset, method), in order.
     """
     results = []
     for job in _jobs(run_dir, generator, datasets, methods, max_tokens=max_tokens, temperature=temperature,
-                     estimator=estimator, policy=policy, oracle=oracle, style=style, progress=progress, log=log):
+                     estimator=estimator, policy=policy, oracle=oracle, style=style, progress=progress, log=log,
+                     wait=wait):
         try:
             for chunk in _chunks(job.pending, batch_size):
                 job.write(chunk, job.runner.run(chunk))
         finally:
             job.bar.close()
+            job.store.close()
         results.append(job.result())
     return results
 
@@ -355,6 +366,7 @@ async def aevaluate(
     style: PromptStyle | str = PromptStyle.DEFAULT,
     progress: str = "auto",
     log: Callable[[str], None] = _log,
+    wait: bool | float = False,
 ) -> list[RunResult]:
     """Async twin of `evaluate` for API models: at most ``concurrency`` chunks of ``batch_size`` in flight.
 
@@ -365,7 +377,8 @@ async def aevaluate(
     """
     check_positive_int("concurrency", concurrency)
     jobs = _jobs(run_dir, generator, datasets, methods, max_tokens=max_tokens, temperature=temperature,
-                 estimator=estimator, policy=policy, oracle=oracle, style=style, progress=progress, log=log)
+                 estimator=estimator, policy=policy, oracle=oracle, style=style, progress=progress, log=log,
+                 wait=wait)
     results = []
     for job in jobs:
         gate = asyncio.Semaphore(concurrency)
@@ -383,5 +396,6 @@ async def aevaluate(
             raise eg.exceptions[0] from None
         finally:
             job.bar.close()
+            job.store.close()
         results.append(job.result())
     return results

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.checks import check_number
+from ..core.files import atomic_write_text
 
 __all__ = ["DEFAULT_PRICES", "PRICES_AS_OF", "Price", "PriceTable", "missing_price_message"]
 
@@ -145,5 +146,5 @@ class PriceTable:
 
     def dump(self, path: str | os.PathLike[str]) -> None:
         """Write the table as a JSON file a user can edit."""
-        Path(path).write_text(json.dumps({"_unit": "USD per 1M tokens", "_as_of": PRICES_AS_OF, **self.to_dict()},
-                                         indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(path, json.dumps({"_unit": "USD per 1M tokens", "_as_of": PRICES_AS_OF, **self.to_dict()},
+                                           indent=2) + "\n")

@@ -12,11 +12,14 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..core.records import read_records, warn_recovered
 from ..core.search import load_records
 from ..core.tokens import TokenCounter
 from .harness import MANIFEST, RESULTS_DIR
@@ -37,27 +40,19 @@ class ResultsFile:
 
 
 def load_results(run_dir: str | os.PathLike[str]) -> list[ResultsFile]:
-    """Read the results files of a run folder (a cut last line, from a kill, is ignored)."""
+    """Read the results files of a run folder (`core.records.read_records`: records deduplicated by id,
+    unusable lines left out with a `RecoveredFileWarning`; files of other kinds are skipped)."""
     folder = Path(run_dir) / RESULTS_DIR
     if not folder.is_dir():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no {RESULTS_DIR}/ inside); run `tale eval` first")
     files = []
     for path in sorted(folder.glob("*.jsonl")):
-        lines = path.read_text(encoding="utf-8").splitlines()
         try:
-            header = json.loads(lines[0])["header"] if lines else None
-        except (json.JSONDecodeError, KeyError, TypeError):
-            header = None
-        if not isinstance(header, dict) or header.get("kind") != "tale-eval":
+            read = read_records(path, kind="tale-eval", what="results file")
+        except ValueError:  # not a results file (or one cut while its run started): not part of the report
             continue
-        records: dict[str, dict[str, Any]] = {}
-        for line in lines[1:]:
-            try:
-                record = json.loads(line)
-                records[str(record["id"])] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-        files.append(ResultsFile(path=path, header=header, records=list(records.values())))
+        warn_recovered(read.recovery)
+        files.append(ResultsFile(path=path, header=read.header, records=list(read.records.values())))
     if not files:
         raise FileNotFoundError(f"no results files in {folder}; run `tale eval` first")
     return files
@@ -249,12 +244,13 @@ def write_report(
             notes.append(f"plots skipped: {exc}")
             plots = False
     if plots:
-        files["accuracy_tokens"] = str(plot_accuracy_tokens(report.metrics, report.run_dir / "accuracy_tokens.png"))
+        files["accuracy_tokens"] = str(_save_plot(plot_accuracy_tokens, report.metrics,
+                                                  report.run_dir / "accuracy_tokens.png"))
         if report.search_file:
             if Path(report.search_file).is_file():
                 records = load_records(report.search_file)
                 try:
-                    files["elasticity"] = str(plot_elasticity(records, report.run_dir / "elasticity.png"))
+                    files["elasticity"] = str(_save_plot(plot_elasticity, records, report.run_dir / "elasticity.png"))
                 except ValueError as exc:
                     notes.append(f"elasticity plot skipped: {exc}")
             else:
@@ -262,7 +258,14 @@ def write_report(
     files["markdown"] = str(report.run_dir / "report.md")
     files["summary"] = str(report.run_dir / "summary.json")
     report = dataclasses.replace(report, notes=notes, files=files)
-    Path(files["markdown"]).write_text(render_markdown(report), encoding="utf-8")
-    Path(files["summary"]).write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n",
-                                      encoding="utf-8")
+    atomic_write_text(files["markdown"], render_markdown(report))
+    atomic_write_json(files["summary"], report.to_dict())
     return report
+
+
+def _save_plot(plot: Callable[[Any, Path], Path], data: Any, path: Path) -> Path:
+    """Draw ``plot(data, ...)`` in a scratch folder outside the run, then put the PNG in place in one
+    step (`core.files.atomic_write_bytes`): a report cut short never leaves a half-written image."""
+    with tempfile.TemporaryDirectory(prefix="tale-plot-") as scratch:
+        drawn = plot(data, Path(scratch) / path.name)
+        return atomic_write_bytes(path, drawn.read_bytes())

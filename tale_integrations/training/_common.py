@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from ..core.checks import check_choice, check_flag, check_int, check_number
 from ..core.errors import TaleTypeError
+from ..core.files import atomic_write_text
 
 __all__ = ["DataStats", "StepInfo", "TrainConfig", "TrainResult", "budget_stats", "file_sha256", "is_search_file",
            "records_sha256", "write_jsonl"]
@@ -206,12 +207,6 @@ class DataStats:
 # -- files ------------------------------------------------------------------------------------
 
 
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -232,17 +227,14 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def write_jsonl(path: str | os.PathLike[str], records: Iterable[Any]) -> Path:
-    """Write records as JSONL, atomically (a temporary file renamed into place). Returns the path."""
+    """Write records as JSONL, atomically (`core.files.atomic_write_text`: a record that fails to
+    serialise leaves the old file as it was). Returns the path."""
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; pass a .jsonl file path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r.to_dict() if hasattr(r, "to_dict") else dict(r), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    lines = [json.dumps(r.to_dict() if hasattr(r, "to_dict") else dict(r), ensure_ascii=False) + "\n"
+             for r in records]
+    return atomic_write_text(path, "".join(lines))
 
 
 def jsonl_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:

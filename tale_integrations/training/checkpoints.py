@@ -18,25 +18,35 @@ Layout of an output folder::
     OUT/merged/                     optional: merged weights + tokenizer, a plain model folder
     OUT/tale_pt.json                metadata, written last: its presence means the run is complete
 
-Checkpoints are written to a temporary folder and renamed into place, so a kill never leaves a
-half-written checkpoint that a resume would pick up. Only the adapter weights are saved in a
+Checkpoints, the final adapter and the merged weights are written to a temporary folder, fsynced
+and renamed into place (`core.files.atomic_directory`), so a kill never leaves a half-written one
+that a resume (or a loader) would pick up; ``tale_pt.json`` is written after them, in one step, and
+`backends.hf.loading` refuses a run folder without it. Only the adapter weights are saved in a
 checkpoint (the frozen base is never copied), via accelerate's save/load state hooks.
+
+One trainer at a time: `run_exclusive` holds a `core.files.FileLock` on the output folder for the
+whole training, so a second trainer on the same folder gets `RunLockedError` (or waits, with
+``wait``) instead of deleting the first one's checkpoints. (The lock is taken on the main process,
+in its machine's cache folder: it keeps out trainers on that machine.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .._optional import require
+from ..core.errors import RunLockedError
+from ..core.files import FileLock, atomic_directory, atomic_write_json, fsync_dir, is_temporary
 from ..core.records import RunMismatchError
 from ..core.records import diff_summary as _diff
 
@@ -49,10 +59,10 @@ tqdm = require("tqdm", extra="train", purpose="TALE-PT progress bars")
 
 from .. import __version__  # noqa: E402
 from ..core.prompts import PROMPT_VERSION  # noqa: E402
-from ._common import StepInfo, TrainConfig, TrainResult, read_json, write_json  # noqa: E402
+from ._common import StepInfo, TrainConfig, TrainResult, read_json  # noqa: E402
 
-__all__ = ["CHECKPOINTS_DIR", "METADATA_FILE", "RUN_FILE", "Job", "RunDir", "RunMismatchError", "finished",
-           "install_adapter_hooks", "merge_adapter", "run"]
+__all__ = ["CHECKPOINTS_DIR", "METADATA_FILE", "RUN_FILE", "Job", "RunDir", "RunLockedError", "RunMismatchError",
+           "finished", "install_adapter_hooks", "merge_adapter", "run", "run_exclusive"]
 
 RUN_FILE = "run.json"
 METADATA_FILE = "tale_pt.json"
@@ -60,6 +70,8 @@ CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
 ADAPTER_SUBDIR = "adapter"
 MERGED_DIR = "merged"
+#: The final adapter is built here (atomically), then its files are moved into the run folder.
+_FINAL_STAGING = ".final"
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
 
@@ -89,7 +101,8 @@ class RunDir:
         """
         if self.path.exists() and not self.path.is_dir():
             raise NotADirectoryError(f"output {self.path} is a file; pass a folder (--out DIR)")
-        if not self.path.is_dir() or not any(self.path.iterdir()):
+        # a folder holding only temporaries (a run killed while writing its first file) counts as empty
+        if not self.path.is_dir() or all(is_temporary(entry) for entry in self.path.iterdir()):
             return
         run_file = self.path / RUN_FILE
         if not run_file.is_file():
@@ -112,7 +125,7 @@ class RunDir:
         """Create the folder and write ``run.json`` (call on the main process, after `check`)."""
         self.path.mkdir(parents=True, exist_ok=True)
         if not (self.path / RUN_FILE).is_file():
-            write_json(self.path / RUN_FILE, self.identity)
+            atomic_write_json(self.path / RUN_FILE, self.identity)
 
     @property
     def complete(self) -> bool:
@@ -124,7 +137,34 @@ class RunDir:
         return read_json(self.path / METADATA_FILE)
 
     def write_metadata(self, metadata: Mapping[str, Any]) -> None:
-        write_json(self.path / METADATA_FILE, {**metadata, "identity": self.identity})
+        """Write ``tale_pt.json`` in one step: the mark of a complete run, so written after every output."""
+        atomic_write_json(self.path / METADATA_FILE, {**metadata, "identity": self.identity})
+
+    @contextlib.contextmanager
+    def lock(self, *, wait: bool | float = False) -> Iterator[None]:
+        """Hold this folder's `FileLock` (on the main process) while the block runs.
+
+        Every process of an ``accelerate launch`` enters and leaves together: the main process's
+        outcome is sent to the others, so a refused lock stops all of them.
+
+        Raises:
+            RunLockedError: another trainer holds the folder (and ``wait`` ran out).
+        """
+        state = _process_state()
+        lock = FileLock(self.path, wait=wait, what=f"the TALE-PT output folder {self.path}")
+        refused: list[str | None] = [None]
+        if state.is_main_process:
+            try:
+                lock.acquire()
+            except RunLockedError as exc:
+                refused[0] = str(exc)
+        accelerate.utils.broadcast_object_list(refused)
+        if refused[0] is not None:
+            raise RunLockedError(refused[0])
+        try:
+            yield
+        finally:
+            lock.release()
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -142,18 +182,20 @@ class RunDir:
         return path, read_json(path / STATE_FILE)
 
     def save_checkpoint(self, accelerator: Any, step: int, state: Mapping[str, Any], *, keep: int) -> Path:
-        """Save the accelerate state (adapter via the hooks) atomically; keep the newest ``keep``."""
+        """Save the accelerate state (adapter via the hooks) atomically; keep the newest ``keep``.
+
+        The main process makes the temporary folder (`atomic_directory`) and names it to the others,
+        which save their parts into it; it is renamed into place once all are done.
+        """
         final = self.checkpoints / f"step-{step:08d}"
-        tmp = self.checkpoints / f".tmp-step-{step:08d}"
+        with contextlib.ExitStack() as stack:
+            staging = [str(stack.enter_context(atomic_directory(final))) if accelerator.is_main_process else None]
+            accelerate.utils.broadcast_object_list(staging)
+            accelerator.save_state(staging[0])
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                atomic_write_json(Path(staging[0]) / STATE_FILE, {**state, "step": step, "identity": self.identity})
         if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            write_json(tmp / STATE_FILE, {**state, "step": step, "identity": self.identity})
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
             self._prune(keep)
         accelerator.wait_for_everyone()
         return final
@@ -162,7 +204,8 @@ class RunDir:
         steps = sorted((int(m.group(1)), p) for p in self.checkpoints.iterdir() if (m := _STEP_RE.match(p.name)))
         for _, path in steps[:-keep] if keep > 0 else []:
             shutil.rmtree(path, ignore_errors=True)
-        for leftover in self.checkpoints.glob(".tmp-step-*"):
+        # temporary folders of a killed attempt (this process holds the run's lock: none is another's)
+        for leftover in [*self.checkpoints.glob(".step-*.tmp"), *self.checkpoints.glob(".tmp-step-*")]:
             shutil.rmtree(leftover, ignore_errors=True)
 
     def load_checkpoint(self, accelerator: Any, path: Path, state: Mapping[str, Any]) -> None:
@@ -180,20 +223,27 @@ class RunDir:
     # -- final outputs ----------------------------------------------------------------------
 
     def save_final(self, model: Any, tokenizer: Any, *, merge: bool) -> None:
-        """Write the adapter (safetensors) and tokenizer, and merged weights when ``merge``."""
-        model.save_pretrained(str(self.path), safe_serialization=True)
-        tokenizer.save_pretrained(str(self.path))
+        """Write the adapter (safetensors) and tokenizer, and merged weights when ``merge``.
+
+        The adapter and tokenizer are built complete and fsynced in a temporary folder, then each
+        file is renamed into the run folder (where ``HFGenerator(OUT)`` finds them): a kill leaves
+        whole files, never cut ones, and no ``tale_pt.json``, so the rerun writes them again.
+        """
+        staged = self.path / _FINAL_STAGING
+        _save_model(model, tokenizer, staged)
+        for item in sorted(staged.iterdir()):
+            os.replace(item, self.path / item.name)
+        staged.rmdir()
+        fsync_dir(self.path)
         if merge:
-            _save_merged(model.merge_and_unload(), tokenizer, self.path / MERGED_DIR)
+            _save_model(model.merge_and_unload(), tokenizer, self.path / MERGED_DIR)
 
 
-def _save_merged(model: Any, tokenizer: Any, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+def _save_model(model: Any, tokenizer: Any, target: Path) -> None:
+    """Save weights (safetensors) and tokenizer as the folder ``target``, all at once (`atomic_directory`)."""
+    with atomic_directory(target) as staging:
+        model.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
 
 
 def merge_adapter(out_dir: str | os.PathLike[str]) -> Path:
@@ -208,7 +258,7 @@ def merge_adapter(out_dir: str | os.PathLike[str]) -> Path:
     source = check_source(None, out)
     model, tokenizer = load_checkpoint(source.base, source.adapter, device="cpu", dtype="auto", merge=True,
                                        trust_remote_code=False)  # "auto": the base's own dtype
-    _save_merged(model, tokenizer, out / MERGED_DIR)
+    _save_model(model, tokenizer, out / MERGED_DIR)
     return out / MERGED_DIR
 
 
@@ -280,13 +330,35 @@ class Job:
     metadata: dict[str, Any]
 
 
+def _process_state() -> Any:
+    """The process state `accelerate launch` set up (ACCELERATE_USE_CPU: several CPU processes)."""
+    return accelerate.PartialState(cpu=accelerate.utils.parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def run_exclusive(run_dir: RunDir, make_job: Callable[[], Job], *, merge: bool,
+                  callbacks: Sequence[Callable[[StepInfo], None]], progress: bool,
+                  wait: bool | float = False) -> TrainResult:
+    """Holding the run folder's lock (`RunDir.lock`): the result of an already complete run, else
+    `run` of ``make_job()`` (a fresh run, or the resume of a killed one).
+
+    The folder is checked again once the lock is held: a trainer that waited may find it complete,
+    or claimed by a different run.
+    """
+    with run_dir.lock(wait=wait):
+        run_dir.check()
+        if (done := finished(run_dir, merge)) is not None:
+            return done
+        return run(make_job(), merge=merge, callbacks=callbacks, progress=progress)
+
+
 def finished(run_dir: RunDir, merge: bool) -> TrainResult | None:
     """The result of an already complete run (merging now if asked and not done), else None."""
     if not run_dir.complete:
         return None
+    if run_dir.checkpoints.exists() and _process_state().is_main_process:
+        run_dir.remove_checkpoints()  # a kill landed after the run finished, while its checkpoints were removed
     if merge and not (run_dir.path / MERGED_DIR).is_dir():
-        # the state `accelerate launch` set up (ACCELERATE_USE_CPU: several CPU processes)
-        state = accelerate.PartialState(cpu=accelerate.utils.parse_flag_from_env("ACCELERATE_USE_CPU"))
+        state = _process_state()
         if state.is_main_process:
             merge_adapter(run_dir.path)
             run_dir.write_metadata({**run_dir.metadata(), "merged": True})

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._argtypes import add_wait_argument
 from .._argtypes import non_negative_int as _non_negative_int
 from .._argtypes import positive_int as _positive_int
 from .._cli_models import add_model_arguments, make_generator
@@ -83,6 +84,7 @@ def add_training_parsers(subparsers: Any) -> None:
                         help="questions searched together; a kill loses at most one wave's unfinished work "
                         "(default 256)")
     search.add_argument("--quiet", action="store_true", help="no per-step progress lines")
+    add_wait_argument(search, "search file")
     search.set_defaults(handler=_search)
 
     train = subparsers.add_parser(
@@ -180,6 +182,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser, data_name: str) -> Non
     parser.add_argument("--gradient-checkpointing", action="store_true", default=None)
     parser.add_argument("--merge", action="store_true", help="also write merged weights to OUT/merged")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_wait_argument(parser, "output folder (--out)")
 
 
 # -- search ----------------------------------------------------------------------------------------
@@ -253,7 +256,7 @@ def _search(args: argparse.Namespace) -> int:
           f"into {args.out}", file=sys.stderr, flush=True)
     records = search_to_file(generator if args.quiet else _StepReporter(generator), items, args.out,
                              mode=args.mode, counter=counter, max_tokens=args.max_tokens, temperature=args.temperature,
-                             wave=args.wave, attempts=args.attempts)
+                             wave=args.wave, attempts=args.attempts, wait=args.wait)
     counts = {str(s): sum(r.status is s for r in records) for s in SearchStatus}
     found = [r for r in records if r.status is SearchStatus.FOUND]
     line = f"{len(records)} searched: " + ", ".join(f"{n} {s}" for s, n in counts.items())
@@ -339,7 +342,7 @@ def _train(args: argparse.Namespace, method: str) -> int:
     _check_searched_model(path, args.model)
     _, stats = load(path)
     print(f"{method} data from {path}: {stats.summary()}", file=sys.stderr, flush=True)
-    result = train(args.model, path, args.out, config, merge=args.merge, progress=not args.quiet)
+    result = train(args.model, path, args.out, config, merge=args.merge, progress=not args.quiet, wait=args.wait)
     if result.resumed_from == result.steps:
         state = "already complete"
     elif result.resumed_from:

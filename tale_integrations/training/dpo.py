@@ -26,7 +26,7 @@ accelerate = require("accelerate", extra="train", purpose="TALE-PT training")
 
 from ..core.checks import check_number  # noqa: E402
 from ._common import StepInfo, TrainConfig, TrainResult  # noqa: E402
-from .checkpoints import finished, run  # noqa: E402
+from .checkpoints import run_exclusive  # noqa: E402
 from .data import DPORecord, load_dpo_data  # noqa: E402
 from .sft import (  # noqa: E402
     IGNORE_INDEX,
@@ -137,6 +137,7 @@ def train_dpo(
     merge: bool = False,
     callbacks: Sequence[Callable[[StepInfo], None]] = (),
     progress: bool = True,
+    wait: bool | float = False,
 ) -> TrainResult:
     """LoRA DPO of ``model`` on TALE-PT preference pairs; resumes a killed run, refuses a different one.
 
@@ -144,17 +145,18 @@ def train_dpo(
         model: The base model folder (the one that was searched with), or None for the embedded model.
         data: A search file (left out and counted: no accepted budget, wrong vanilla answer,
             identical answers), a DPO JSONL file, or a list of `DPORecord`.
-        out_dir, merge, callbacks, progress: As for `train_sft`.
+        out_dir, merge, callbacks, progress, wait: As for `train_sft`.
         config: Hyperparameters (default `DPOConfig()`, the paper's).
     """
     config = DPOConfig() if config is None else config
     if not isinstance(config, DPOConfig):
         raise TypeError(f"config must be a DPOConfig, got {type(config).__name__}")
     prep = prepare("dpo", model, data, out_dir, config, load_dpo_data, DPORecord)
-    if (done := finished(prep.run_dir, merge)) is not None:
-        return done
     beta = config.beta
-    job = make_job(prep, config, encode=encode_dpo, length=_pair_length,
-                   unit="preference pair (prompt + longer answer)", collate=collate_dpo,
-                   loss_fn=lambda m, b: dpo_batch_loss(m, b, beta))
-    return run(job, merge=merge, callbacks=callbacks, progress=progress)
+    return run_exclusive(
+        prep.run_dir,
+        lambda: make_job(prep, config, encode=encode_dpo, length=_pair_length,
+                         unit="preference pair (prompt + longer answer)", collate=collate_dpo,
+                         loss_fn=lambda m, b: dpo_batch_loss(m, b, beta)),
+        merge=merge, callbacks=callbacks, progress=progress, wait=wait,
+    )

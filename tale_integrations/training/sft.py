@@ -45,7 +45,7 @@ transformers = require("transformers", extra="train", purpose="TALE-PT training"
 peft = require("peft", extra="train", purpose="TALE-PT training")
 
 from ._common import DataStats, StepInfo, TrainConfig, TrainResult, file_sha256, records_sha256  # noqa: E402
-from .checkpoints import Job, RunDir, finished, run  # noqa: E402
+from .checkpoints import Job, RunDir, run_exclusive  # noqa: E402
 from .data import SFTRecord, load_sft_data, records_stats  # noqa: E402
 
 __all__ = [
@@ -118,6 +118,7 @@ def train_sft(
     merge: bool = False,
     callbacks: Sequence[Callable[[StepInfo], None]] = (),
     progress: bool = True,
+    wait: bool | float = False,
 ) -> TrainResult:
     """LoRA SFT of ``model`` on TALE-PT data; resumes a killed run, refuses a different one.
 
@@ -132,21 +133,25 @@ def train_sft(
         merge: Also write merged weights to ``out_dir/merged`` (a plain model folder).
         callbacks: Called with a `StepInfo` after every optimizer step.
         progress: Show a progress bar.
+        wait: Another trainer on ``out_dir``: False raises `RunLockedError` at once, True waits for
+            it to finish, a number waits at most that many seconds.
 
     Raises:
         ValueError: unusable data (the message names the file and what was left out), bad
             hyperparameters, or no example fits ``max_length``.
         RunMismatchError: ``out_dir`` holds a different run (nothing is overwritten).
+        RunLockedError: another trainer is writing ``out_dir`` (see ``wait``).
     """
     config = SFTConfig() if config is None else config
     if not isinstance(config, SFTConfig):
         raise TypeError(f"config must be an SFTConfig, got {type(config).__name__}")
     prep = prepare("sft", model, data, out_dir, config, load_sft_data, SFTRecord)
-    if (done := finished(prep.run_dir, merge)) is not None:
-        return done
-    job = make_job(prep, config, encode=encode_sft, length=lambda e: len(e["input_ids"]),
-                   unit="training example (prompt + answer)", collate=collate_sft, loss_fn=sft_loss)
-    return run(job, merge=merge, callbacks=callbacks, progress=progress)
+    return run_exclusive(
+        prep.run_dir,
+        lambda: make_job(prep, config, encode=encode_sft, length=lambda e: len(e["input_ids"]),
+                         unit="training example (prompt + answer)", collate=collate_sft, loss_fn=sft_loss),
+        merge=merge, callbacks=callbacks, progress=progress, wait=wait,
+    )
 
 
 # -- shared with DPO: tokenisation, model loading, run preparation ------------------------------

@@ -46,3 +46,54 @@ def test_first_use_converts_once_and_announces_it(tmp_path, monkeypatch):
     gen = HFGenerator()
     [g] = gen.generate([[{"role": "user", "content": "Say hi."}]], max_tokens=4)
     assert g.usage.output_tokens >= 1
+
+
+#: A process that asks for the embedded model with a fake conversion (same lock and re-check as the
+#: real one): it logs each conversion, and waits until both processes have started before finishing.
+CONVERTER = """
+import json, os, sys, time
+from pathlib import Path
+from tale_integrations.backends import embedded
+from tale_integrations.core.files import atomic_directory
+
+folder = Path(sys.argv[1])
+embedded.embedded_gguf_path = lambda: folder / "fake.gguf"
+
+def fake_convert(gguf, target, fingerprint):
+    with open(folder / "conversions.log", "a") as log:
+        log.write(f"{os.getpid()}\\n")
+    deadline = time.monotonic() + 60
+    while len(list(folder.glob("started-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    with atomic_directory(target) as staging:
+        (staging / "config.json").write_text("{}")
+        (staging / embedded._MARKER).write_text(json.dumps({"fingerprint": fingerprint}))
+
+embedded._convert = fake_convert
+(folder / f"started-{os.getpid()}").touch()
+messages = []
+path = embedded.embedded_model_path(progress=messages.append)
+print(json.dumps({"path": str(path), "announced": len(messages)}))
+"""
+
+
+def test_two_processes_converting_at_once_both_get_one_result(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("TALE_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "fake.gguf").write_bytes(b"GGUF")
+    procs = [subprocess.Popen([sys.executable, "-c", CONVERTER, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    target = tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct"
+    assert [r["path"] for r in results] == [str(target)] * 2
+    assert len((tmp_path / "conversions.log").read_text().split()) == 1  # converted once
+    assert sum(r["announced"] for r in results) == 1  # the one that waited found it done, and said nothing
+    assert os.listdir(target.parent) == [target.name] and (target / "tale_embedded.json").is_file()

@@ -150,3 +150,48 @@ def test_cuda_device_map_auto_and_bf16(tiny_model_dir, adapter_dir):
     assert gen.model.dtype == torch.bfloat16
     assert getattr(gen.model, "hf_device_map", None) or str(gen.model.device).startswith("cuda")
     assert gen.generate([PROMPT], max_tokens=4)[0].usage.output_tokens >= 1
+
+
+# -- TALE-PT run folders: refused until the run has finished ----------------------------------------------
+
+
+def _unfinished_run(adapter_dir, folder):
+    """A TALE-PT output folder killed after its adapter was written but before ``tale_pt.json``."""
+    shutil.copytree(adapter_dir, folder)
+    (folder / "run.json").write_text(json.dumps({"kind": "tale-pt", "method": "sft"}))
+    return folder
+
+
+def test_an_unfinished_training_run_is_refused_unless_allowed(adapter_dir, tmp_path):
+    import re
+
+    from tale_integrations.core.errors import TaleValueError
+
+    run = _unfinished_run(adapter_dir, tmp_path / "run")
+    fix = r"running the same `tale train` command again.*allow_unfinished=True"
+    with pytest.raises(TaleValueError, match=rf"model='{re.escape(str(run))}' is a TALE-PT training run that has not "
+                                             rf"finished \(no tale_pt.json.*{fix}"):
+        HFGenerator(run, device="cpu")
+    with pytest.raises(TaleValueError, match=rf"adapter='{re.escape(str(run))}' .*has not finished"):
+        HFGenerator(adapter=run, device="cpu")
+    allowed = HFGenerator(run, allow_unfinished=True, device="cpu")
+    assert allowed.settings.allow_unfinished is True
+    expected = HFGenerator(adapter_dir, device="cpu").generate([PROMPT], max_tokens=6)[0].text
+    assert allowed.generate([PROMPT], max_tokens=6)[0].text == expected
+    (run / "tale_pt.json").write_text("{}")  # finished: loads as before
+    assert HFGenerator(run, device="cpu").generate([PROMPT], max_tokens=6)[0].text == expected
+
+
+def test_a_run_folder_with_only_checkpoints_is_refused(tmp_path):
+    from tale_integrations.core.errors import TaleValueError
+
+    (tmp_path / "run" / "checkpoints" / "step-00000002").mkdir(parents=True)
+    with pytest.raises(TaleValueError, match="TALE-PT training run that has not finished"):
+        HFGenerator(tmp_path / "run", device="cpu")
+
+
+def test_allow_unfinished_must_be_a_bool():
+    from tale_integrations.backends.hf import HFSettings
+
+    with pytest.raises(ValueError, match="allow_unfinished must be True or False"):
+        HFSettings(allow_unfinished="yes")

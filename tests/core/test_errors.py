@@ -28,6 +28,7 @@ BUILTIN_BASE = {
     "RunMismatchError": ValueError,
     "DatasetError": ValueError,
     "DatasetNotFoundError": FileNotFoundError,
+    "RunLockedError": RuntimeError,
     "ConflictingSettings": TypeError,
     "LearnedEstimatorError": ValueError,
     "EmbeddedModelMissing": FileNotFoundError,
@@ -63,7 +64,9 @@ def _package_exceptions() -> tuple[dict[str, type[BaseException]], list[str]]:
             missing.append(f"{info.name} ({exc})")
             continue
         for obj in vars(module).values():
-            if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == module.__name__:
+            # warning categories are not errors: they are never raised to a caller
+            if inspect.isclass(obj) and issubclass(obj, BaseException) and not issubclass(obj, Warning) \
+                    and obj.__module__ == module.__name__:
                 found[f"{obj.__module__}.{obj.__qualname__}"] = obj
     return found, missing
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from tale_integrations.core.records import RecoveredFileWarning
 from tale_integrations.eval.cli import add_eval_parsers, make_generator
 
 
@@ -59,6 +60,16 @@ def test_eval_then_report_on_a_tiny_model(one_torch_thread, tiny_model_dir, writ
     captured = capsys.readouterr()
     assert "counted by `tiktoken:cl100k_base`" in captured.out and "$0.0000" in captured.out
     assert "no price" not in captured.err
+
+    # A damaged results file (a duplicated line, a cut one) is reported, not a traceback, and counted once.
+    vanilla = out / "results" / f"mini__vanilla__{model}.jsonl"
+    lines = vanilla.read_bytes().splitlines(keepends=True)
+    vanilla.write_bytes(b"".join(lines) + lines[1] + lines[2][:7])
+    args = parse(["report", str(out), "--no-plots"])
+    with pytest.warns(RecoveredFileWarning, match=r"2 lines left out \(line 4: a second copy of id"):
+        assert args.handler(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {m["method"]: m["n"] for m in summary["metrics"]}["vanilla"] == 2
 
 
 def test_api_model_arguments_are_checked_before_any_import(monkeypatch):

@@ -150,3 +150,82 @@ def test_plots_refuse_empty_input(tmp_path):
         plot_accuracy_tokens([], tmp_path / "a.png")
     with pytest.raises(ValueError, match="no budgeted answers"):
         plot_elasticity([], tmp_path / "b.png")
+
+
+# -- atomic outputs: a report cut short leaves the previous one whole -------------------------------------
+
+REPORT_FILES = ("report.md", "summary.json", "accuracy_tokens.png")
+
+
+def _outputs(run_dir):
+    return {name: (run_dir / name).read_bytes() for name in REPORT_FILES}
+
+
+def _temporary(run_dir):
+    return sorted(p.name for p in run_dir.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_a_plot_that_fails_while_drawing_leaves_the_old_png(run_dir, monkeypatch):
+    from tale_integrations.eval import report as report_module
+
+    write_report(run_dir)
+    before = _outputs(run_dir)
+    drawn_at = []
+
+    def half_drawn(metrics, path):
+        drawn_at.append(path)
+        path.write_bytes(PNG)  # a cut image...
+        raise RuntimeError("renderer crashed")  # ...then the crash
+
+    monkeypatch.setattr(report_module, "plot_accuracy_tokens", half_drawn)
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        write_report(run_dir)
+    assert _outputs(run_dir) == before and _temporary(run_dir) == []
+    assert drawn_at[0].parent != run_dir and not drawn_at[0].parent.exists()  # drawn in a scratch folder, removed
+
+
+def test_a_summary_that_fails_to_serialise_leaves_the_old_summary(run_dir, monkeypatch):
+    from tale_integrations.eval import report as report_module
+
+    write_report(run_dir)
+    before = _outputs(run_dir)
+
+    def broken(self):
+        raise ValueError("cannot serialise")
+
+    monkeypatch.setattr(report_module.Report, "to_dict", broken)
+    with pytest.raises(ValueError, match="cannot serialise"):
+        write_report(run_dir)
+    assert (run_dir / "summary.json").read_bytes() == before["summary.json"] and _temporary(run_dir) == []
+
+
+def test_a_report_whose_disk_fails_midway_keeps_every_old_file(run_dir, monkeypatch):
+    import os
+
+    write_report(run_dir)
+    before = _outputs(run_dir)
+
+    def fail(fd):
+        raise OSError(28, "No space left on device (simulated)")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError, match="simulated"):
+        write_report(run_dir)
+    assert _outputs(run_dir) == before and _temporary(run_dir) == []
+
+
+def test_a_price_table_dump_that_fails_keeps_the_old_file(tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / "prices.json"
+    PriceTable().dump(path)
+    before = path.read_bytes()
+    assert json.loads(before)["_unit"] == "USD per 1M tokens"
+
+    def fail(fd):
+        raise OSError(28, "No space left on device (simulated)")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError, match="simulated"):
+        PriceTable({"mine": {"input": 1.0, "output": 2.0}}).dump(path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["prices.json"]

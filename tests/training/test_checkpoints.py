@@ -139,3 +139,108 @@ def test_a_folder_of_other_files_or_a_file_is_refused(tmp_path, tiny_model_dir, 
     empty = tmp_path / "empty"
     empty.mkdir()
     assert train_sft(tiny_model_dir, records, empty, dataclasses.replace(CONFIG, epochs=1), progress=False).steps == 3
+
+
+# -- atomic outputs and one trainer per folder ------------------------------------------------------------
+
+#: A trainer in its own process: SFT on the five records, paused after its first step (and first
+#: checkpoint) until the file argv[3] appears.
+TRAINER = """
+import sys, time
+from pathlib import Path
+from tale_integrations.core.prompts import answer_messages
+from tale_integrations.training.data import SFTRecord
+from tale_integrations.training.sft import SFTConfig, train_sft
+
+base, out, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+records = [SFTRecord(id=f"q{i}", prompt=answer_messages(f"What is {i} plus {i}?"), completion="[[40]] 7 STOP")
+           for i in range(5)]
+
+def pause(info):
+    if info.step == 1:
+        print("training", flush=True)
+        while not go.exists():
+            time.sleep(0.05)
+
+config = SFTConfig(learning_rate=1e-2, epochs=1, batch_size=2, micro_batch_size=1, save_every=1, keep_checkpoints=2)
+result = train_sft(base, records, out, config, callbacks=[pause], progress=False)
+print("done", result.steps, flush=True)
+"""
+
+
+def hidden(folder):
+    """Temporary folders and files (a dot name) left in an output folder or its checkpoints."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*"))
+
+
+def test_a_second_trainer_on_one_folder_is_refused_or_waits(tmp_path, tiny_model_dir, uninterrupted, monkeypatch):
+    import re
+    import subprocess
+    import sys
+    import threading
+
+    from tale_integrations.core.errors import RunLockedError
+
+    monkeypatch.setenv("TALE_CACHE_DIR", str(tmp_path / "cache"))  # the lock files: shared with the subprocess
+    records, _ = uninterrupted
+    out, go = tmp_path / "run", tmp_path / "go"
+    config = SFTConfig(learning_rate=1e-2, epochs=1, batch_size=2, micro_batch_size=1, save_every=1,
+                       keep_checkpoints=2)
+    first = subprocess.Popen([sys.executable, "-c", TRAINER, str(tiny_model_dir), str(out), str(go)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "training", first.stderr.read()
+        before = snapshot(out)
+        assert (out / "checkpoints" / "step-00000001" / "trainer_state.json").is_file()
+        with pytest.raises(RunLockedError, match=rf"{re.escape(str(out))} is being written by pid {first.pid} "):
+            train_sft(tiny_model_dir, records, out, config, progress=False)
+        assert snapshot(out) == before  # the first trainer's checkpoints are untouched
+
+        threading.Timer(0.5, go.touch).start()
+        waited = train_sft(tiny_model_dir, records, out, config, progress=False, wait=True)
+        assert first.wait(timeout=300) == 0 and first.stdout.read().split() == ["done", "3"]
+    finally:
+        go.touch()
+        if first.poll() is None:
+            first.kill()
+    # the waiting trainer found the run complete and did not train it again
+    assert waited.resumed_from == waited.steps == 3
+    assert (out / "tale_pt.json").is_file() and not (out / "checkpoints").exists() and hidden(out) == []
+
+
+def test_a_checkpoint_cut_short_is_never_picked_up(tmp_path, tiny_model_dir, uninterrupted, monkeypatch):
+    accelerate = pytest.importorskip("accelerate")
+
+    records, full = uninterrupted
+    out = tmp_path / "run"
+    real, saves = accelerate.Accelerator.save_state, []
+
+    def save_then_die(self, output_dir=None, **kwargs):
+        saves.append(output_dir)
+        result = real(self, output_dir, **kwargs)
+        if len(saves) == 2:  # the state of step 4 is written, the checkpoint not yet in place
+            raise Killed("killed while saving step 4")
+        return result
+
+    monkeypatch.setattr(accelerate.Accelerator, "save_state", save_then_die)
+    with pytest.raises(Killed):
+        train_sft(tiny_model_dir, records, out, CONFIG, progress=False)
+    monkeypatch.undo()
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"]  # no step 4, no temporary folder
+    resumed = train_sft(tiny_model_dir, records, out, CONFIG, progress=False)
+    assert resumed.resumed_from == 2 and resumed.loss_history == pytest.approx(full.loss_history, abs=1e-5)
+    assert hidden(out) == []
+
+
+def test_an_unfinished_run_is_refused_by_the_loader_until_it_finishes(tmp_path, tiny_model_dir, uninterrupted):
+    from tale_integrations.backends.hf import HFGenerator
+    from tale_integrations.core.errors import TaleValueError
+
+    records, _ = uninterrupted
+    out = tmp_path / "run"
+    with pytest.raises(Killed):
+        train_sft(tiny_model_dir, records, out, CONFIG, callbacks=[kill_at(3)], progress=False)
+    with pytest.raises(TaleValueError, match=r"run.*is a TALE-PT training run that has not finished"):
+        HFGenerator(out, device="cpu")
+    train_sft(tiny_model_dir, records, out, CONFIG, progress=False)
+    assert HFGenerator(out, device="cpu").model_name == "run"

@@ -201,14 +201,14 @@ def test_train_bad_inputs_are_clear_errors(tmp_path, tiny_model_dir, search_file
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    malformed = write_search(tmp_path / "malformed.jsonl", [make_record("a")])
+    malformed = write_search(tmp_path / "malformed.jsonl", [])  # its only record line is damaged: left out
     malformed.write_text(malformed.read_text() + "{not json\n")
     useless = write_search(tmp_path / "useless.jsonl", [make_record("a", "no_budget")])
     sft_file = write_jsonl(tmp_path / "sft.jsonl", sft_records(2))
     cases = [
         (("--search-file", str(empty)), "is not a search file"),
         (("--data", str(empty)), "empty.jsonl is empty"),
-        (("--search-file", str(malformed)), "malformed.jsonl, line 3"),
+        (("--search-file", str(malformed)), "malformed.jsonl holds a search header but no records"),
         (("--search-file", str(useless)), "useless.jsonl: no usable training records (0 of 1 records used (left out: "
                                           "1 no_budget)"),
         (("--data", str(search_file)), "is a search file; pass it with --search-file"),
@@ -241,3 +241,20 @@ def test_argument_errors_exit_before_any_work(tmp_path, search_file):
         with pytest.raises(SystemExit) as info:
             tale(argv)
         assert info.value.code == 2
+
+
+def test_train_waits_for_another_trainer_only_with_wait(tmp_path, tiny_model_dir, search_file, monkeypatch):
+    pytest.importorskip("peft")
+    from tale_integrations.core.errors import RunLockedError
+    from tale_integrations.core.files import FileLock
+
+    monkeypatch.setenv("TALE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    argv = ["train", "sft", "--search-file", str(search_file), "--model", str(tiny_model_dir), "--out", str(out), *TINY]
+    with FileLock(out):  # another trainer holds the folder
+        with pytest.raises(RunLockedError, match=rf"output folder {out} is being written by pid \d+ .*--wait"):
+            tale(argv)
+        with pytest.raises(RunLockedError, match=r"after waiting 0\.2 s"):
+            tale([*argv, "--wait", "0.2"])
+    assert not out.exists()  # refused before writing anything
+    assert tale([*argv, "--wait"]) == 0 and (out / "tale_pt.json").is_file()

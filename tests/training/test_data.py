@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tale_integrations.core.prompts import answer_messages
+from tale_integrations.core.records import RecoveredFileWarning
 from tale_integrations.training.data import (
     DPORecord,
     SFTRecord,
@@ -156,6 +157,20 @@ def test_jsonl_round_trip(tmp_path, make_record):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_a_jsonl_write_that_fails_midway_keeps_the_old_file(tmp_path, make_record):
+    sft, _ = build_sft_records([make_record("a"), make_record("b")])
+    path = write_jsonl(tmp_path / "sft.jsonl", sft[:1])
+    before = path.read_bytes()
+
+    class Unwritable:
+        def to_dict(self):
+            raise ValueError("cannot serialise this record")
+
+    with pytest.raises(ValueError, match="cannot serialise"):
+        write_jsonl(path, [sft[1], Unwritable()])  # the first record is fine, the second fails
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["sft.jsonl"]
+
+
 def test_load_data_from_a_search_file_counts_what_is_left_out(search_file):
     sft, stats = load_sft_data(search_file)
     assert len(sft) == 6 and stats.left_out == {"no_budget": 1, "vanilla_wrong": 2}
@@ -189,8 +204,9 @@ def test_bad_search_files_are_clear_errors(tmp_path, write_search, make_record):
         load_sft_data(header_only)
     broken = write_search(tmp_path / "broken.jsonl", [make_record("a")])
     broken.write_text(broken.read_text() + '{"id": "b", "status": "found"}\n')
-    with pytest.raises(ValueError, match="broken.jsonl, line 3"):
-        load_sft_data(broken)
+    with pytest.warns(RecoveredFileWarning, match="broken.jsonl: 1 line left out \\(line 3: "):
+        records, _ = load_sft_data(broken)  # the good record is kept, the malformed one left out
+    assert [r.id for r in records] == ["a"]
     useless = write_search(tmp_path / "useless.jsonl",
                            [make_record("a", "no_budget"), make_record("b", "vanilla_wrong")])
     with pytest.raises(ValueError, match=r"useless.jsonl: no usable training records.*1 no_budget, 1 vanilla_wrong"):

@@ -92,7 +92,7 @@ class HFGenerator:
         self._fast_path_enabled = fast_path.is_enabled(s.fast_path)
         if s.pack_weights and not self._fast_path_enabled:
             raise TaleValueError(f"pack_weights=True, but {fast_path.ENV_VAR} turns the fast path off")
-        self._source = check_source(s.model, s.adapter)
+        self._source = check_source(s.model, s.adapter, allow_unfinished=s.allow_unfinished)
         self.progress = progress
         #: The device the model runs on: as set until the weights load, then where they are.
         self.device = s.device

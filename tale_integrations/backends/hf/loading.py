@@ -4,6 +4,10 @@ with safetensors only and clear errors that name the path at fault.
 The public loading API of the local backend, used by `HFGenerator` and by ``training`` (which loads
 the base it trains and merges adapters with it): `check_source` resolves where the weights come
 from, `check_device` and `resolve_dtype` the device and dtype, `load_checkpoint` loads them.
+
+A TALE-PT output folder (``training/checkpoints.py``) whose run has not finished is refused unless
+``allow_unfinished``: until ``tale_pt.json`` is written, last, its adapter files may be missing,
+cut short, or left from an earlier attempt.
 """
 
 from __future__ import annotations
@@ -61,12 +65,46 @@ def _adapter_base(adapter: Path) -> str:
     return base
 
 
-def check_source(model: Any, adapter: Any = None) -> Source:
-    """Validate the paths early (at construction, before any weights load)."""
+#: What a TALE-PT output folder holds (``training/checkpoints.py``): ``run.json`` (kind ``tale-pt``,
+#: written first), ``checkpoints/`` while training, ``tale_pt.json`` once the run is complete.
+_RUN_FILE, _CHECKPOINTS_DIR, _FINISHED_FILE = "run.json", "checkpoints", "tale_pt.json"
+
+
+def _check_finished(path: Path, argument: str) -> None:
+    """Refuse a TALE-PT output folder whose training has not finished (no ``tale_pt.json``)."""
+    if (path / _FINISHED_FILE).is_file() or not path.is_dir():
+        return
+    try:
+        is_run = json.loads((path / _RUN_FILE).read_text(encoding="utf-8")).get("kind") == "tale-pt"
+    except (OSError, ValueError, AttributeError):
+        is_run = False
+    if is_run or (path / _CHECKPOINTS_DIR).is_dir():
+        raise TaleValueError(
+            f"{argument}={str(path)!r} is a TALE-PT training run that has not finished (no {_FINISHED_FILE}, which "
+            "training writes last), so its adapter may be missing or partial. Finish it by running the same "
+            "`tale train` command again (it resumes from its latest checkpoint), or pass allow_unfinished=True to "
+            "load what is there"
+        )
+
+
+def check_source(model: Any, adapter: Any = None, *, allow_unfinished: bool = False) -> Source:
+    """Validate the paths early (at construction, before any weights load).
+
+    Args:
+        model: A model folder, an adapter folder, a hub id, or None (the embedded model).
+        adapter: A LoRA adapter folder to apply on ``model`` (or on the base it names).
+        allow_unfinished: Accept a TALE-PT output folder whose training has not finished.
+
+    Raises:
+        TaleValueError: among others, a TALE-PT run folder that is not finished (the message names
+            it and the fix).
+    """
     if adapter is not None:
         if not isinstance(adapter, (str, os.PathLike)):
             raise TaleTypeError(f"adapter must be a path, got {type(adapter).__name__}")
         adapter_path = Path(os.fspath(adapter)).expanduser()
+        if not allow_unfinished:
+            _check_finished(adapter_path, "adapter")
         if not (adapter_path / "adapter_config.json").is_file():
             what = "does not exist" if not adapter_path.exists() else "has no adapter_config.json"
             raise FileNotFoundError(f"adapter={str(adapter_path)!r} {what}; pass a PEFT LoRA adapter folder")
@@ -79,8 +117,10 @@ def check_source(model: Any, adapter: Any = None) -> Source:
     if not isinstance(model, (str, os.PathLike)):
         raise TaleTypeError(f"model must be a path or a hub id, got {type(model).__name__}")
     path = Path(os.fspath(model)).expanduser()
+    if not allow_unfinished:
+        _check_finished(path, "model")
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
-        return check_source(None, path)  # an adapter folder given as the model
+        return check_source(None, path, allow_unfinished=True)  # an adapter folder given as the model (checked)
     return Source(base=_check_base(os.fspath(model), "model"))
 
 

@@ -88,6 +88,9 @@ class HFSettings:
         chat_template: A Jinja chat template used instead of the tokenizer's own (which is left as it
             is), e.g. ``core.prompts.PAPER_CHAT_TEMPLATE`` (the reference scripts' raw prompt). Default:
             the model's.
+        allow_unfinished: Load a TALE-PT output folder whose training has not finished (its
+            ``tale_pt.json`` not yet written). Off by default: such a folder is refused, as its
+            adapter may be missing or partial (``loading.check_source``).
     """
 
     model: str | os.PathLike[str] | None = None
@@ -105,6 +108,7 @@ class HFSettings:
     fast_path: bool | None = None
     pack_weights: bool | None = None
     chat_template: str | None = None
+    allow_unfinished: bool = False
 
     def __post_init__(self) -> None:
         _check_path("model", self.model, "a path or a hub id")
@@ -132,6 +136,7 @@ class HFSettings:
                                  "drop one of them")
         _check_text("chat_template", self.chat_template,
                     "a non-empty Jinja template string, or None for the model's own")
+        check_flag("allow_unfinished", self.allow_unfinished)
 
     @property
     def enforcement(self) -> BudgetEnforcement | None:
