@@ -35,7 +35,7 @@ from .files import FileLock, atomic_write_text
 
 __all__ = [
     "DroppedLine", "RecordFile", "RecordRead", "RecoveredFileWarning", "Recovery", "RunLockedError", "RunMismatchError",
-    "diff_summary", "read_records", "warn_recovered",
+    "diff_summary", "read_header", "read_records", "warn_recovered",
 ]
 
 
@@ -89,6 +89,13 @@ def _parse_header(first: bytes) -> dict[str, Any] | None:
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None
     return obj["header"] if isinstance(obj, dict) and isinstance(obj.get("header"), dict) else None
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The header of a record file (its first line), or None when the first line is not a whole header."""
+    with open(path, "rb") as f:
+        first = f.readline()
+    return _parse_header(first) if first.endswith(b"\n") else None
 
 
 def read_records(

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from ..core.checks import check_choice, check_flag, check_int, check_number
 from ..core.errors import TaleTypeError
 from ..core.files import atomic_write_text
+from ..core.records import read_header
 
 __all__ = ["DataStats", "StepInfo", "TrainConfig", "TrainResult", "budget_stats", "file_sha256", "is_search_file",
            "records_sha256", "write_jsonl"]
@@ -258,14 +259,8 @@ def jsonl_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
 
 def is_search_file(path: str | os.PathLike[str]) -> bool:
     """Whether the file starts with a ``tale-search`` header line (written by `search_to_file`)."""
-    with open(path, encoding="utf-8") as f:
-        first = f.readline()
-    try:
-        header = json.loads(first)
-    except json.JSONDecodeError:
-        return False
-    return isinstance(header, dict) and isinstance(header.get("header"), dict) \
-        and header["header"].get("kind") == "tale-search"
+    header = read_header(path)
+    return header is not None and header.get("kind") == "tale-search"
 
 
 def records_sha256(records: Iterable[Any]) -> str:

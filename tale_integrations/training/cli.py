@@ -299,14 +299,12 @@ def _data_path(args: argparse.Namespace) -> str:
 def _check_searched_model(path: str, model: str | None) -> None:
     """A note when the search file names another model than the one trained (TALE-PT trains the
     model whose own answers were searched); names can legitimately differ, so it is not an error."""
-    import json
+    from ..core.records import read_header
 
-    from .data import is_search_file
-
-    if not is_search_file(path):
+    header = read_header(path)
+    if header is None or header.get("kind") != "tale-search":
         return
-    with open(path, encoding="utf-8") as f:
-        searched = json.loads(f.readline())["header"].get("model")
+    searched = header.get("model")
     trained = Path(model).name if model else "SmolLM2-135M-Instruct"
     if searched and searched != trained:
         print(f"note: {path} was searched with {searched!r}, but --model is {trained!r}; TALE-PT trains the model "

@@ -20,9 +20,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..core.learned import FitSettings, LearnedEstimator, LearnedEstimatorError, TargetKind, pairs_from
+from ..core.records import read_records, warn_recovered
 from ..core.search import SearchStatus, load_records
 from ..core.tokens import get_counter
 from ._common import file_sha256
@@ -109,17 +109,15 @@ def vanilla_correct_pairs(path: str | os.PathLike[str], *, counter: str | None =
         counter: Recount each answer with this counter (``"cl100k_base"``...); default: the recorded count.
     """
     path = Path(path)
-    rows: list[dict[str, Any]] = []
-    header: dict[str, Any] = {}
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if isinstance(row, dict) and isinstance(row.get("header"), dict):
-                header = row["header"]
-            elif isinstance(row, dict) and "question" in row and "correct" in row:
-                rows.append(row)
+    try:
+        read = read_records(path)  # the results' own reader: ids once, damaged lines left out and reported
+    except ValueError as exc:
+        raise LearnedEstimatorError(
+            f"{exc}; pass the results file of a vanilla method written by `tale eval`"
+        ) from None
+    warn_recovered(read.recovery)
+    header = read.header or {}
+    rows = [row for row in read.records.values() if "question" in row and "correct" in row]
     if header.get("kind") != "tale-eval" or header.get("method") not in ("vanilla", "tale-pt"):
         raise LearnedEstimatorError(f"{path} is not the results file of a vanilla method written by `tale eval` "
                                     f"(its header says method {header.get('method')!r})")
