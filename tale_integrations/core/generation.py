@@ -54,7 +54,8 @@ class Usage:
         input_tokens: Prompt tokens, as the backend reported or counted them.
         output_tokens: Generated tokens, including the end-of-turn token when the model emitted one.
         cached_input_tokens: Part of ``input_tokens`` served from a provider's prompt cache.
-        reasoning_tokens: Part of ``output_tokens`` spent on hidden reasoning (o-series models).
+        reasoning_tokens: Part of ``output_tokens`` spent on thinking (hidden by o-series models, returned
+            apart as `Generation.reasoning` by local thinking models).
         counter: What produced the figures: ``"reported"`` for provider usage, ``"hf:<name>"`` for a
             model's own tokenizer, ``"tiktoken:<encoding>"`` for a tiktoken count.
     """
@@ -100,21 +101,27 @@ class Generation:
         usage: Token usage of the call that produced it.
         finish_reason: ``"stop"`` or ``"length"``.
         model: The model's name as the backend knows it.
+        reasoning: The thinking text of a thinking model, kept apart from ``text`` (its tokens are
+            ``usage.reasoning_tokens``); None when the model did not think or the backend hides it.
     """
 
     text: str
     usage: Usage
     finish_reason: FinishReason
     model: str
+    reasoning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form."""
-        return {
+        """Plain-dict form (``reasoning`` only when there is some)."""
+        out = {
             "text": self.text,
             "usage": self.usage.to_dict(),
             "finish_reason": self.finish_reason,
             "model": self.model,
         }
+        if self.reasoning is not None:
+            out["reasoning"] = self.reasoning
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,10 +132,13 @@ class StreamEvent:
         text: Text added since the previous event (may be empty). The ``text`` of all events of a
             stream, joined, equals the final `Generation`'s text.
         final: The complete `Generation` (usage, finish reason), set on the last event only.
+        reasoning: Thinking text added since the previous event (a thinking model's; joined over
+            the stream, it equals the final `Generation`'s ``reasoning``).
     """
 
     text: str
     final: Generation | None = None
+    reasoning: str = ""
 
 
 @runtime_checkable
