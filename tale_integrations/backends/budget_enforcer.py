@@ -1,6 +1,6 @@
-"""`BudgetEnforcer`: a transformers logits processor that holds each answer to its token budget.
+"""`BudgetEnforcer`: a `RowRule` (``row_rules.py``) that holds one answer to its token budget.
 
-Per batch row with budget B (see `core.budget.BudgetEnforcement` for the policy):
+For a row with budget B (see `core.budget.BudgetEnforcement` for the policy):
 
 1. steps ``0 .. R-1`` (``R = ceil(B * factor)``, shortened to leave the reserve under the cap): the
    model reasons freely and may end on its own;
@@ -10,8 +10,8 @@ Per batch row with budget B (see `core.budget.BudgetEnforcement` for the policy)
 4. if the reserve runs out first, the closing text and the end-of-turn token are forced.
 
 So every row ends within ``R + answer_reserve`` tokens, with an answer in the expected format. The
-state of each row is derived from its own tokens at every step, so the processor holds no state
-that could drift between calls; rows without a budget are left alone.
+state is derived from the row's own tokens at every step, so the rule holds no state that could
+drift between calls; rows without a budget get no rule.
 """
 
 from __future__ import annotations
@@ -22,22 +22,21 @@ from typing import Any
 from .._optional import require
 
 torch = require("torch", extra="hf", purpose="budget enforcement")
-transformers = require("transformers", extra="hf", purpose="budget enforcement")
 
 from ..core.budget import BudgetEnforcement  # noqa: E402
 from ..core.prompts import QuestionFormat, wrap_up  # noqa: E402
+from .row_rules import force_token  # noqa: E402
 
 __all__ = ["BudgetEnforcer"]
 
 
-class BudgetEnforcer(transformers.LogitsProcessor):
-    """Force each row to wrap up and answer once it reaches its reasoning budget.
+class BudgetEnforcer:
+    """A `RowRule` that makes one row wrap up and answer once it reaches its reasoning budget.
 
     Args:
         tokenizer: The model's tokenizer (to encode the wrap-up and closing text).
-        budgets: One budget per batch row; None leaves that row unconstrained.
-        prompt_length: Length of the (left-padded) prompt part of ``input_ids``.
-        max_tokens: The generation's hard cap on new tokens (one for all rows, or one per row).
+        budget: The row's token budget.
+        max_tokens: The row's hard cap on new tokens.
         eos_token_id: The token that ends a turn.
         policy: `BudgetEnforcement` (factor, answer reserve).
         format: `QuestionFormat` that decides the wrap-up text.
@@ -46,10 +45,9 @@ class BudgetEnforcer(transformers.LogitsProcessor):
     def __init__(
         self,
         tokenizer: Any,
-        budgets: Sequence[int | None],
+        budget: int,
         *,
-        prompt_length: int,
-        max_tokens: int | Sequence[int],
+        max_tokens: int,
         eos_token_id: int,
         policy: BudgetEnforcement | None = None,
         format: QuestionFormat | str = QuestionFormat.GSM8K,
@@ -69,14 +67,12 @@ class BudgetEnforcer(transformers.LogitsProcessor):
             )
         # Answer tokens the model may write itself before the closing is forced.
         self.free_answer = reserve - len(self.wrap_ids) - len(self.close_ids) - 1
-        self.prompt_length = prompt_length
-        caps = [max_tokens] * len(budgets) if isinstance(max_tokens, int) else list(max_tokens)
-        self.limits = [
-            None if b is None else self.policy.reasoning_tokens(b, cap) for b, cap in zip(budgets, caps)
-        ]
+        #: Steps of free reasoning before the wrap-up is forced.
+        self.limit = self.policy.reasoning_tokens(budget, max_tokens)
 
-    def forced_token(self, row_tokens: list[int], limit: int) -> int | None:
+    def forced_token(self, row_tokens: Sequence[int]) -> int | None:
         """The token this row must emit next, or None to let the model choose."""
+        limit = self.limit
         step = len(row_tokens)
         if step < limit:
             return None
@@ -85,7 +81,7 @@ class BudgetEnforcer(transformers.LogitsProcessor):
         wrap = len(self.wrap_ids)
         if step < limit + wrap:
             return self.wrap_ids[step - limit]
-        answer = row_tokens[limit + wrap :]
+        answer = list(row_tokens[limit + wrap :])
         if self.closing and self.closing in self.tokenizer.decode(answer, skip_special_tokens=True):
             return self.eos
         k = len(answer) - self.free_answer  # position within the forced closing, once free room is used
@@ -97,13 +93,8 @@ class BudgetEnforcer(transformers.LogitsProcessor):
                 return self.close_ids[k]
         return self.eos
 
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        generated = input_ids[:, self.prompt_length :].tolist()
-        for row, limit in enumerate(self.limits):
-            if limit is None:
-                continue
-            token = self.forced_token(generated[row], limit)
-            if token is not None:
-                scores[row, :] = -float("inf")
-                scores[row, token] = 0.0
-        return scores
+    def apply(self, generated: Sequence[int], scores: Any) -> None:
+        """`RowRule.apply`: force the wrap-up, closing or end of turn when this row's schedule says so."""
+        token = self.forced_token(generated)
+        if token is not None:
+            force_token(scores, token)

@@ -20,6 +20,7 @@ from ...core.errors import TaleValueError
 from ...core.generation import Generation, Usage
 from ...core.prompts import QuestionFormat
 from ..budget_enforcer import BudgetEnforcer
+from ..row_rules import RowRule, RowRulesProcessor
 from .fast_path import batch_inputs, prefilled_cache
 from .loading import config_window
 from .streaming import TokenQueue
@@ -120,8 +121,12 @@ class BatchDecoder:
         cache_path: bool,
         streamer: TokenQueue | None = None,
         cancel: list[threading.Event | None] | None = None,
+        answer_rules: list[Sequence[RowRule]] | None = None,
     ) -> list[Generation]:
-        """One `Generation` per row, in order; ``cache_path`` takes the fast path's cache (``fast_path.py``)."""
+        """One `Generation` per row, in order; ``cache_path`` takes the fast path's cache (``fast_path.py``).
+
+        ``answer_rules`` (one list per row) are extra `RowRule` values for each row's answer.
+        """
         tok, model = self.tokenizer, self.model
         width = max(len(r) for r in rows)
         # Each row's own room: positions come from the attention mask, so padding costs a row nothing.
@@ -145,11 +150,11 @@ class BatchDecoder:
             limits = RowLimits(caps, width, cancel)
             criteria.append(limits)
         processors = transformers.LogitsProcessorList()
-        if self.enforcement is not None and any(b is not None for b in budgets):
-            processors.append(BudgetEnforcer(
-                tok, budgets, prompt_length=width, max_tokens=caps, eos_token_id=self.eos,
-                policy=self.enforcement, format=answer_format,
-            ))
+        extra = answer_rules if answer_rules is not None else [()] * len(rows)
+        rules = [self.row_rules(budget=b, cap=cap, answer_format=answer_format, answer_rules=more)
+                 for b, cap, more in zip(budgets, caps, extra)]
+        if any(rules):
+            processors.append(RowRulesProcessor(rules, width))
         input_ids, attention = torch.tensor(ids, device=model.device), torch.tensor(mask, device=model.device)
         with self.lock, torch.inference_mode():
             if sampling and self.seed is not None:
@@ -161,17 +166,30 @@ class BatchDecoder:
             )
         new = output[:, width:].tolist()
         ends = [limits.cancelled_at.get(row, cap) if limits else cap for row, cap in enumerate(caps)]
+        stopped = stop_criterion.stopped_at if stop_criterion else {}
         return [
-            self._finish(row, prompt, tokens[: ends[row]], stop, stop_criterion)
+            self.finish(prompt, tokens[: ends[row]], stop, stopped.get(row))
             for row, (prompt, tokens) in enumerate(zip(rows, new))
         ]
 
-    def _finish(self, row: int, prompt: list[int], tokens: list[int], stop: list[str] | None,
-                criterion: StopOnStrings | None) -> Generation:
+    def row_rules(self, *, budget: int | None, cap: int, answer_format: QuestionFormat | str,
+                  answer_rules: Sequence[RowRule] = ()) -> list[RowRule]:
+        """The decoding-time rules of one row: its budget enforcer (when enforcing) and ``answer_rules``."""
+        rules: list[RowRule] = []
+        if self.enforcement is not None and budget is not None:
+            rules.append(BudgetEnforcer(self.tokenizer, budget, max_tokens=cap, eos_token_id=self.eos,
+                                        policy=self.enforcement, format=answer_format))
+        rules.extend(answer_rules)
+        return rules
+
+    def finish(self, prompt: Sequence[int], tokens: list[int], stop: Sequence[str] | None,
+               stopped_at: int | None = None) -> Generation:
+        """The `Generation` of one row: its new ``tokens`` cut at the end of turn, or at ``stopped_at``
+        (where a stop string was seen) when that comes first; the text cut before any stop string."""
         end = next((k + 1 for k, t in enumerate(tokens) if t in self.eos_ids), None)
         reason = "stop"
-        if criterion is not None and row in criterion.stopped_at and (end is None or criterion.stopped_at[row] < end):
-            end = criterion.stopped_at[row]
+        if stopped_at is not None and (end is None or stopped_at < end):
+            end = stopped_at
         elif end is None:
             end, reason = len(tokens), "length"
         text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)

@@ -32,6 +32,7 @@ from ...core.generation import Generation, Message, StreamEvent, validate_messag
 from ...core.prompts import QuestionFormat  # noqa: E402
 from ...core.tokens import HFTokenizerCounter  # noqa: E402
 from ..embedded import EMBEDDED_MODEL_NAME, embedded_model_path  # noqa: E402
+from ..row_rules import RowRule  # noqa: E402
 from . import fast_path  # noqa: E402
 from .decoding import BatchDecoder  # noqa: E402
 from .loading import check_device, check_source, config_window, load_checkpoint, resolve_dtype  # noqa: E402
@@ -256,13 +257,16 @@ class HFGenerator:
         budgets: Sequence[int | None] | None = None,
         answer_format: QuestionFormat | str = QuestionFormat.GSM8K,
         cancel: Sequence[threading.Event | None] | None = None,
+        answer_rules: Sequence[Sequence[RowRule]] | None = None,
     ) -> list[Generation]:
         """Generate one answer per conversation, batched. Safe to call from several threads.
 
         Beyond the `Generator` protocol: ``max_tokens`` may give one cap per prompt; ``budgets``
         (one per prompt, None for none) are enforced while decoding when the generator was made with
         ``enforce_budget``; ``answer_format`` picks the enforcer's wrap-up text; ``cancel`` (one
-        event per prompt) ends a row early once its event is set (a server's disconnected client).
+        event per prompt) ends a row early once its event is set (a server's disconnected client);
+        ``answer_rules`` (one list per prompt) are extra decoding-time `RowRule` values for each answer
+        (a structured-output constraint, for example).
         """
         if isinstance(prompts, Sequence) and not isinstance(prompts, (str, bytes)) and len(prompts) == 0:
             return []
@@ -271,6 +275,9 @@ class HFGenerator:
         if cancel is not None and len(cancel) != len(encoded):
             raise TaleValueError("cancel must give one event (or None) per prompt")
         cancel = list(cancel) if cancel is not None else [None] * len(encoded)
+        if answer_rules is not None and len(answer_rules) != len(encoded):
+            raise TaleValueError("answer_rules must give one list of rules (possibly empty) per prompt")
+        extra = [list(r) for r in answer_rules] if answer_rules is not None else [[] for _ in encoded]
         results: list[Generation | None] = [None] * len(encoded)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         for start in range(0, len(order), self.max_batch_size):
@@ -278,6 +285,7 @@ class HFGenerator:
             generations = self._decoder.run(
                 [encoded[i] for i in chunk], [caps[i] for i in chunk], stop, temperature, [budgets[i] for i in chunk],
                 answer_format, cache_path=self._fast_path, cancel=[cancel[i] for i in chunk],
+                answer_rules=[extra[i] for i in chunk],
             )
             for i, gen in zip(chunk, generations):
                 results[i] = gen
@@ -288,14 +296,14 @@ class HFGenerator:
         thread, so decoding never blocks the event loop (concurrent calls queue on the model)."""
         return await asyncio.to_thread(self.generate, prompts, **kwargs)
 
-    def _decode_one(self, prepared: tuple, budget: int | None,
-                    answer_format: QuestionFormat | str) -> Callable[[TokenQueue], Generation]:
+    def _decode_one(self, prepared: tuple, budget: int | None, answer_format: QuestionFormat | str,
+                    answer_rules: Sequence[RowRule]) -> Callable[[TokenQueue], Generation]:
         """The decoding of one prepared prompt, feeding its tokens to the queue it is given (for streams)."""
         encoded, caps, stop, temperature = prepared
 
         def decode(tokens: TokenQueue) -> Generation:
             return self._decoder.run(encoded, caps, stop, temperature, [budget], answer_format,
-                                     cache_path=self._fast_path, streamer=tokens)[0]
+                                     cache_path=self._fast_path, streamer=tokens, answer_rules=[list(answer_rules)])[0]
 
         return decode
 
@@ -308,6 +316,7 @@ class HFGenerator:
         temperature: float | None = None,
         budget: int | None = None,
         answer_format: QuestionFormat | str = QuestionFormat.GSM8K,
+        answer_rules: Sequence[RowRule] = (),
     ) -> Iterator[StreamEvent]:
         """Stream one answer token by token.
 
@@ -317,7 +326,7 @@ class HFGenerator:
         Bad arguments raise here, before the first event.
         """
         prepared = self._prepare([messages], max_tokens, stop, temperature, [budget])
-        decode = self._decode_one(prepared, budget, answer_format)
+        decode = self._decode_one(prepared, budget, answer_format, answer_rules)
         return stream_events(self._tokenizer, prepared[2], self._decoder.eos_ids, decode)
 
     async def astream(
@@ -329,11 +338,12 @@ class HFGenerator:
         temperature: float | None = None,
         budget: int | None = None,
         answer_format: QuestionFormat | str = QuestionFormat.GSM8K,
+        answer_rules: Sequence[RowRule] = (),
     ) -> AsyncIterator[StreamEvent]:
         """Async twin of `stream`: decoding runs in a worker thread and the event loop only waits on
         its token queue; leaving the loop early (or cancelling the task) stops the generation."""
         prepared = await asyncio.to_thread(self._prepare, [messages], max_tokens, stop, temperature, [budget])
-        decode = self._decode_one(prepared, budget, answer_format)
+        decode = self._decode_one(prepared, budget, answer_format, answer_rules)
         async for event in astream_events(self._tokenizer, prepared[2], self._decoder.eos_ids, decode):
             yield event
 
