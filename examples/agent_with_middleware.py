@@ -5,9 +5,10 @@
     export OPENAI_MODEL=gpt-4o-mini
     python examples/agent_with_middleware.py
 
-Requirement: a chat model with tool calling. The embedded model (`ChatTaleHF`) and ``tale serve``
-do not do tool calling, so this example uses ``ChatOpenAI`` against an OpenAI-compatible URL (the
-OpenAI API, or a local server with tool support such as vLLM or Ollama's ``/v1``).
+Requirement: a chat model with tool calling. This example uses ``ChatOpenAI`` against an
+OpenAI-compatible URL (the OpenAI API, or a local server with tool support such as vLLM or Ollama's
+``/v1``); ``examples/agent_local_langchain.py`` runs the same kind of agent offline on the embedded
+model (`ChatTaleHF` with its tool calls held to their schema).
 
 What to look at in the output: the saved conversation holds the user's own words (the budget went
 into the model requests only), and ``tale_budgets`` has one record per model call: the turn's

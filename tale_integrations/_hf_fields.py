@@ -55,6 +55,11 @@ class HFModelFields(BaseModel):
         seed: Seed for sampled decoding, for repeatable runs.
         enforce_budget: Hold answers to their token budget while decoding (the backend's `BudgetEnforcer`).
         budget: Default token budget of each call, enforced while decoding; needs ``enforce_budget``.
+        thinking_budget: Default thinking budget of each call: tokens the model may spend inside its
+            thinking block before the end marker is forced (0 closes it at once); needs a chat
+            template with a thinking block. The thinking comes back apart from the answer either way.
+        chat_template_kwargs: Default extra chat-template arguments of each call, e.g.
+            ``{"enable_thinking": False}``.
     """
 
     #: The name of the class's own output-cap field (``max_tokens`` or ``max_new_tokens``).
@@ -70,6 +75,8 @@ class HFModelFields(BaseModel):
     seed: int | None = None
     enforce_budget: bool = False
     budget: int | None = None
+    thinking_budget: int | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
 
     _generator: Any = PrivateAttr(default=None)
 

@@ -1,6 +1,6 @@
 """The examples run as users run them: offline ones on the embedded model (`slow`), with their own caps
-(budgets of at most 128 tokens plus a reserve), and the agent example stops with a clear message when no
-tool-calling endpoint is configured (the embedded model does not call tools)."""
+(budgets of at most 128 tokens plus a reserve), the offline agent examples call their calculator on the
+embedded model, and the endpoint agent example stops with a clear message when none is configured."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ def run_example(name: str, env: dict[str, str] | None = None) -> subprocess.Comp
     ("core_pipeline.py", ["Q: Tom has 3 apples", "TALE-EP  budget=", "vanilla  answer="]),
     ("lcel_chain.py", ["budget ", "hard cap", "A (streamed):"]),
     ("rag_llamaindex.py", ["Q: How many hours is the library open on a Saturday?", "vanilla CoT"]),
+    # the offline agents: the embedded model's calculator call is held to its schema (constrain=True)
+    ("agent_local_langchain.py", ["Q: What is 12 times 37?", "tool call: calculator({'expression': '12 * 37'})",
+                                  "tool result: 444", "(estimated)"]),
+    ("agent_local_llamaindex.py", ["tool call: calculator({'expression': '12 * 37'})", "answer: '444'",
+                                   "answer: '627'"]),
 ])
 def test_offline_example_runs_on_the_embedded_model(name, expected):
     pytest.importorskip("transformers")

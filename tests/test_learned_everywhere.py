@@ -388,7 +388,8 @@ def test_every_integration_writes_the_same_budget_record(scripted_generator, wid
                                                                         for k, r in records.items()}
     shown = {name: {k: r[k] for k in RECORD_KEYS if k != "estimator_usage"} for name, r in records.items()}
     want = {"budget": expected(Q, SCALED), "budget_raw": raw(Q), "budget_source": "learned",
-            "budget_adjusted": "scaled", "estimator": "learned", "estimator_reply": None, "estimator_error": None}
+            "budget_adjusted": "scaled", "estimator": "learned", "estimator_reply": None, "estimator_error": None,
+            "budget_via": "prompt", "thinking": None}
     assert shown == dict.fromkeys(shown, want)
     # no model was asked: no estimator tokens in any form
     assert all(r["estimator_usage"] is None or zero(r["estimator_usage"]) for r in records.values())

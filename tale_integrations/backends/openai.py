@@ -12,12 +12,20 @@ and the counter is named in the `Usage`, never a silent zero.
 
 Calls are checked once, before any request, by `BaseGenerator` (core/generation.py).
 
+Thinking models (`core.thinking`): OpenAI's reasoning models are recognised by name; a thinking model
+on vLLM, SGLang or llama.cpp is declared with ``thinking="vllm"`` (``"sglang"``, ``"llamacpp"``).
+``generate(..., thinking_budgets=[...])`` then sends each budget through the engine's knob
+(``reasoning_effort`` and ``max_completion_tokens``; ``thinking_token_budget``...), fields the SDK has
+no argument for going into ``extra_body``. The reasoning text a server returns (``message.reasoning``
+on vLLM, ``reasoning_content`` on SGLang and llama.cpp) becomes `Generation.reasoning`.
+
 Needs the ``openai`` extra: ``pip install "tale-integrations[openai]"``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +35,25 @@ from .._optional import require
 
 openai = require("openai", extra="openai", purpose="the OpenAI backend")
 
+from ..core.budget import Budget  # noqa: E402
 from ..core.checks import check_choice, check_int, check_positive_int  # noqa: E402
-from ..core.generation import BaseGenerator, Generation, Message, Sampling, Usage  # noqa: E402
+from ..core.errors import TaleValueError  # noqa: E402
+from ..core.generation import (  # noqa: E402
+    BaseGenerator,
+    Generation,
+    Message,
+    Sampling,
+    Usage,
+    validate_messages,
+)
+from ..core.thinking import (  # noqa: E402
+    Engine,
+    ThinkingKnob,
+    ThinkingModel,
+    ThinkingPolicy,
+    resolve_thinking,
+    thinking_knob,
+)
 from ..core.tokens import TokenCounter, counter_for  # noqa: E402
 
 __all__ = ["OpenAIGenerator", "uses_max_completion_tokens"]
@@ -43,6 +68,19 @@ _TOKENS_PER_MESSAGE = 3
 _REPLY_PRIMING = 3
 
 TokenParam = Literal["max_tokens", "max_completion_tokens"]
+
+#: Engines whose knob an OpenAI-compatible chat-completions request can carry.
+THINKING_ENGINES = (Engine.OPENAI, Engine.VLLM, Engine.SGLANG, Engine.LLAMACPP)
+#: The arguments ``chat.completions.create`` names; other knob fields travel in ``extra_body``.
+_CREATE_ARGS = frozenset(inspect.signature(openai.resources.chat.completions.Completions.create).parameters)
+
+
+def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) \
+            else value
+    return out
 
 
 def uses_max_completion_tokens(model: str) -> bool:
@@ -81,6 +119,11 @@ class OpenAIGenerator(BaseGenerator):
             ``{"tale_budget": "auto"}`` for ``tale serve``).
         token_counter: Counts a request whose server reported no usage; default
             ``counter_for(model)``.
+        thinking: Whether and how the model thinks (`core.thinking.resolve_thinking`): None detects
+            OpenAI's reasoning models by name; False never uses a knob; True declares an OpenAI
+            reasoning model; ``"vllm"``, ``"sglang"`` or ``"llamacpp"`` declares a thinking model on that
+            server; a `core.thinking.ThinkingModel` gives the row itself.
+        thinking_policy: `core.thinking.ThinkingPolicy` (answer reserve, effort thresholds) for the knob.
     """
 
     def __init__(
@@ -101,6 +144,8 @@ class OpenAIGenerator(BaseGenerator):
         max_tokens_param: TokenParam | None = None,
         extra_body: Mapping[str, Any] | None = None,
         token_counter: TokenCounter | None = None,
+        thinking: Any = None,
+        thinking_policy: ThinkingPolicy | None = None,
     ) -> None:
         if not isinstance(model, str) or not model.strip():
             raise ValueError(f"model must be a non-empty model name, got {model!r}")
@@ -124,6 +169,10 @@ class OpenAIGenerator(BaseGenerator):
         )
         self.extra_body = dict(extra_body) if extra_body else None
         self.token_counter = token_counter
+        if thinking_policy is not None and not isinstance(thinking_policy, ThinkingPolicy):
+            raise TypeError(f"thinking_policy must be a ThinkingPolicy, got {type(thinking_policy).__name__}")
+        self.thinking_policy = thinking_policy or ThinkingPolicy()
+        self.thinking = thinking
         settings: dict[str, Any] = {"max_retries": max_retries}
         if base_url is not None:
             settings["base_url"] = base_url
@@ -138,6 +187,37 @@ class OpenAIGenerator(BaseGenerator):
                         "timeout": template.timeout, "max_retries": template.max_retries}
         self.client = client if client is not None else openai.OpenAI(**settings)
         self.async_client = async_client if async_client is not None else openai.AsyncOpenAI(**settings)
+
+    @property
+    def thinking(self) -> ThinkingModel | None:
+        """The knob-table row of the model (`core.thinking.ThinkingModel`), or None: not a thinking model.
+
+        Set it with the values the ``thinking`` argument takes (``generator.thinking = "vllm"``).
+        """
+        return self._thinking
+
+    @thinking.setter
+    def thinking(self, declared: Any) -> None:
+        row = resolve_thinking(declared, self.model_name,
+                               engine=Engine.OPENAI if declared is None or declared is True else None)
+        if row is not None and row.engine not in THINKING_ENGINES:
+            raise TaleValueError(
+                f"thinking={declared!r}: an OpenAI-compatible request cannot carry the {row.engine} knob; "
+                f"OpenAIGenerator takes {', '.join(THINKING_ENGINES)} (use that engine's own client otherwise)"
+            )
+        self._thinking = row
+
+    def thinking_knob(self, budget: Budget | int | None, *, max_tokens: int | None = None,
+                      cap: bool = True) -> ThinkingKnob | None:
+        """The knob one request with thinking budget ``budget`` carries (None: not a thinking model).
+
+        ``max_tokens`` (else the generator's default cap) is the output limit the knob stays under.
+        """
+        if self._thinking is None:
+            return None
+        limit = self.max_tokens if max_tokens is None else max_tokens
+        return thinking_knob(self._thinking, budget, model=self.model_name, policy=self.thinking_policy,
+                             limit=limit, cap=cap)
 
     @classmethod
     def paper(cls, model: str, **kwargs: Any) -> OpenAIGenerator:
@@ -158,11 +238,23 @@ class OpenAIGenerator(BaseGenerator):
         max_tokens: int | None = None,
         stop: Sequence[str] | None = None,
         temperature: float | None = None,
+        knob: ThinkingKnob | None = None,
     ) -> dict[str, Any]:
-        """The keyword arguments of ``chat.completions.create`` for one conversation."""
+        """The keyword arguments of ``chat.completions.create`` for one conversation.
+
+        With an applied ``knob`` (`thinking_knob`), its fields replace the output cap: those
+        ``create`` names are arguments, the rest join ``extra_body``.
+        """
         kwargs: dict[str, Any] = {"model": self.model_name, "messages": [dict(m) for m in messages]}
         cap = self.max_tokens if max_tokens is None else max_tokens
-        if cap is not None:
+        extra: dict[str, Any] = dict(self.extra_body or {})
+        if knob is not None and knob.applied:
+            for key, value in knob.fields.items():
+                if key in _CREATE_ARGS:
+                    kwargs[key] = value
+                else:
+                    extra = _merge(extra, {key: value})
+        elif cap is not None:
             kwargs[self.max_tokens_param] = cap
         temperature = self.temperature if temperature is None else temperature
         if temperature is not None:
@@ -171,8 +263,8 @@ class OpenAIGenerator(BaseGenerator):
             kwargs["seed"] = self.seed
         if stop:
             kwargs["stop"] = list(stop)
-        if self.extra_body:
-            kwargs["extra_body"] = self.extra_body
+        if extra:
+            kwargs["extra_body"] = extra
         return kwargs
 
     def _counter(self) -> TokenCounter:
@@ -190,7 +282,9 @@ class OpenAIGenerator(BaseGenerator):
                 input_tokens=prompt,
                 output_tokens=completion,
                 cached_input_tokens=getattr(prompt_details, "cached_tokens", None) or 0,
-                reasoning_tokens=getattr(completion_details, "reasoning_tokens", None) or 0,
+                # SGLang also reports it at the top level of usage
+                reasoning_tokens=getattr(completion_details, "reasoning_tokens", None)
+                or getattr(usage, "reasoning_tokens", None) or 0,
                 counter="reported",
             )
         counter = self._counter()
@@ -205,15 +299,63 @@ class OpenAIGenerator(BaseGenerator):
         if not getattr(response, "choices", None):
             raise ValueError(f"the server answered {self.model_name!r} with no choices: {response!r}")
         choice = response.choices[0]
-        text = (choice.message.content if choice.message is not None else None) or ""
+        message = choice.message
+        text = (message.content if message is not None else None) or ""
+        # vLLM names the thinking text ``reasoning``; SGLang, llama.cpp and older vLLM ``reasoning_content``
+        reasoning = getattr(message, "reasoning", None) or getattr(message, "reasoning_content", None)
         return Generation(
             text=text,
             usage=self._usage(getattr(response, "usage", None), messages, text),
             finish_reason="length" if choice.finish_reason == "length" else "stop",
             model=getattr(response, "model", None) or self.model_name,
+            reasoning=reasoning if isinstance(reasoning, str) and reasoning else None,
         )
 
     # -- the Generator protocol -----------------------------------------------------------------
+
+    def _thinking_requests(self, prompts: Any, max_tokens: Any, stop: Any, temperature: Any,
+                           thinking_budgets: Any) -> tuple[list[list[dict[str, str]]], list[dict[str, Any]]]:
+        conversations = validate_messages(prompts)
+        sampling = Sampling(max_tokens=max_tokens, stop=stop, temperature=temperature)
+        if self._thinking is None:
+            raise TaleValueError(
+                f"thinking_budgets need a thinking model, and {self.model_name!r} is not one here; declare it "
+                "with OpenAIGenerator(..., thinking='vllm') (or 'sglang', 'llamacpp', True for OpenAI)"
+            )
+        if isinstance(thinking_budgets, (str, bytes)) or not isinstance(thinking_budgets, Sequence) or \
+                len(thinking_budgets) != len(conversations):
+            raise TaleValueError(f"thinking_budgets must give one budget (or None) per prompt, got "
+                                 f"{thinking_budgets!r}")
+        settings = sampling.to_dict()
+        knobs = [b if isinstance(b, ThinkingKnob) else self.thinking_knob(b, max_tokens=sampling.max_tokens)
+                 for b in thinking_budgets]
+        requests = [self.request(c, **settings, knob=k) for c, k in zip(conversations, knobs, strict=True)]
+        return conversations, requests
+
+    def generate(self, prompts: Sequence[Sequence[Message]], *, max_tokens: int | None = None,
+                 stop: Sequence[str] | None = None, temperature: float | None = None,
+                 thinking_budgets: Sequence[Budget | int | ThinkingKnob | None] | None = None) -> list[Generation]:
+        """One `Generation` per conversation (the `Generator` protocol).
+
+        Beyond it: ``thinking_budgets`` gives each conversation a thinking budget (None: unlimited)
+        sent through the model's knob (`thinking_knob`), or the `core.thinking.ThinkingKnob` to send
+        as it is; ``max_tokens`` is then the output limit the knob stays under, and the cap of a row
+        whose knob was not applied. Refused for a model that is not a thinking model.
+        """
+        if thinking_budgets is None:
+            return super().generate(prompts, max_tokens=max_tokens, stop=stop, temperature=temperature)
+        conversations, requests = self._thinking_requests(prompts, max_tokens, stop, temperature, thinking_budgets)
+        return self._one_each(conversations, self._send(requests, conversations)) if conversations else []
+
+    async def agenerate(self, prompts: Sequence[Sequence[Message]], *, max_tokens: int | None = None,
+                        stop: Sequence[str] | None = None, temperature: float | None = None,
+                        thinking_budgets: Sequence[Budget | int | ThinkingKnob | None] | None = None,
+                        ) -> list[Generation]:
+        """Async twin of `generate`."""
+        if thinking_budgets is None:
+            return await super().agenerate(prompts, max_tokens=max_tokens, stop=stop, temperature=temperature)
+        conversations, requests = self._thinking_requests(prompts, max_tokens, stop, temperature, thinking_budgets)
+        return self._one_each(conversations, await self._asend(requests, conversations)) if conversations else []
 
     def _generate(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[Generation]:
         """One request per conversation, at most ``max_concurrency`` at once; results in order.
@@ -222,7 +364,9 @@ class OpenAIGenerator(BaseGenerator):
             openai.OpenAIError: the first request that failed after the SDK's retries (the rest
                 of the batch is cancelled).
         """
-        requests = [self.request(c, **sampling.to_dict()) for c in conversations]
+        return self._send([self.request(c, **sampling.to_dict()) for c in conversations], conversations)
+
+    def _send(self, requests: list[dict[str, Any]], conversations: list[list[dict[str, str]]]) -> list[Generation]:
         if len(requests) == 1:  # no pool for a single request
             return [self._generation(self.client.chat.completions.create(**requests[0]), conversations[0])]
         workers = min(self.max_concurrency, len(requests))
@@ -235,7 +379,10 @@ class OpenAIGenerator(BaseGenerator):
 
     async def _agenerate(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[Generation]:
         """Async twin of `_generate` over ``AsyncOpenAI``: concurrent requests under a semaphore."""
-        requests = [self.request(c, **sampling.to_dict()) for c in conversations]
+        return await self._asend([self.request(c, **sampling.to_dict()) for c in conversations], conversations)
+
+    async def _asend(self, requests: list[dict[str, Any]],
+                     conversations: list[list[dict[str, str]]]) -> list[Generation]:
         gate = asyncio.Semaphore(self.max_concurrency)
 
         async def one(request: dict[str, Any], messages: list[dict[str, str]]) -> Generation:

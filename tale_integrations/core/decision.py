@@ -24,6 +24,8 @@ What was decided is recorded with one set of keys everywhere (`BudgetRecord.to_d
 | ``estimator_reply`` | its reply text, when a model was asked |
 | ``estimator_error`` | why it gave no number, when it gave none |
 | ``estimator_usage`` | the tokens of its call, in the integration's own usage form |
+| ``budget_via`` | ``"prompt"`` (the paper's trigger), ``"thinking"`` (a thinking model's knob), None: no budget |
+| ``thinking`` | the knob, `core.thinking.ThinkingKnob.to_dict` (request ``fields``, ``adjusted``...), or None |
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ from typing import Any
 from .budget import Budget, BudgetPolicy
 from .estimators import Estimate, EstimatorError
 from .generation import Usage
+from .thinking import ThinkingKnob
 
 __all__ = ["ON_ESTIMATOR_ERROR", "RECORD_KEYS", "BudgetRecord", "decide_budget", "estimator_failure"]
 
 #: The keys of every budget record, in order.
 RECORD_KEYS = ("budget", "budget_raw", "budget_source", "budget_adjusted", "estimator", "estimator_reply",
-               "estimator_error", "estimator_usage")
+               "estimator_error", "estimator_usage", "budget_via", "thinking")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +56,8 @@ class BudgetRecord:
         estimator_reply: Its reply text (None when empty).
         estimator_error: Why it gave no number.
         estimator_usage: The tokens of its call.
+        thinking: The thinking knob the budget was sent through (`core.thinking.thinking_knob`), or None
+            when it went into the prompt.
     """
 
     budget: Budget | None
@@ -60,14 +65,23 @@ class BudgetRecord:
     estimator_reply: str | None = None
     estimator_error: str | None = None
     estimator_usage: Usage | None = None
+    thinking: ThinkingKnob | None = None
 
     @classmethod
-    def of(cls, budget: Budget | None, estimator: str | None = None, estimate: Estimate | None = None) -> BudgetRecord:
+    def of(cls, budget: Budget | None, estimator: str | None = None, estimate: Estimate | None = None, *,
+           thinking: ThinkingKnob | None = None) -> BudgetRecord:
         """The record of ``budget``, and of ``estimate`` when the estimator named ``estimator`` ran."""
         if estimate is None:
-            return cls(budget=budget)
+            return cls(budget=budget, thinking=thinking)
         return cls(budget=budget, estimator=estimator, estimator_reply=estimate.reply or None,
-                   estimator_error=estimate.error, estimator_usage=estimate.usage)
+                   estimator_error=estimate.error, estimator_usage=estimate.usage, thinking=thinking)
+
+    @property
+    def budget_via(self) -> str | None:
+        """``"thinking"`` when a knob carries the budget, ``"prompt"`` when the prompt does, else None."""
+        if self.thinking is not None and self.thinking.applied:
+            return "thinking"
+        return "prompt" if self.budget is not None and self.budget.tokens is not None else None
 
     def to_dict(self, usage: Callable[[Usage], Any] = Usage.to_dict) -> dict[str, Any]:
         """The record under `RECORD_KEYS`; ``usage`` writes the estimator's usage in a framework's form."""
@@ -81,6 +95,8 @@ class BudgetRecord:
             "estimator_reply": self.estimator_reply,
             "estimator_error": self.estimator_error,
             "estimator_usage": None if self.estimator_usage is None else usage(self.estimator_usage),
+            "budget_via": self.budget_via,
+            "thinking": None if self.thinking is None else self.thinking.to_dict(),
         }
 
 #: The choices for what an estimator that raises does to the call.

@@ -18,8 +18,10 @@ __all__ = [
     "JobCancelled",
     "LearnedEstimatorError",
     "PromptTooLongError",
+    "QueueFull",
     "RunLockedError",
     "RunMismatchError",
+    "SchemaError",
     "TaleError",
     "TaleTypeError",
     "TaleValueError",
@@ -78,6 +80,11 @@ class LearnedEstimatorError(TaleValueError):
     """A learned estimator's file or fitting data is unusable (the message names the file or argument)."""
 
 
+class SchemaError(TaleValueError):
+    """A JSON schema (a tool's parameters, a structured-output schema) is not JSON Schema, or uses keywords
+    the decoding constraint cannot enforce (the message names the schema, the keywords and the fix)."""
+
+
 class EmbeddedModelMissing(TaleError, FileNotFoundError):
     """The package carrying the embedded model's GGUF file is not installed."""
 
@@ -88,3 +95,7 @@ class BatcherClosed(TaleError, RuntimeError):
 
 class JobCancelled(TaleError):
     """A server request was cancelled (its client went away) before it was generated."""
+
+
+class QueueFull(TaleError, RuntimeError):
+    """The server's waiting queue is full; the request was refused (answered 429, retry later)."""

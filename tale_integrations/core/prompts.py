@@ -66,7 +66,16 @@ __all__ = [
     "repair_prompt",
     "REPAIR_PROMPT",
     "TALE_QUERY_TEMPLATE",
+    "THINKING_WRAP_UP",
+    "JSON_MODE_PROMPT",
+    "STRUCTURED_OUTPUT_PROMPT",
     "TOOL_CALL_LINE",
+    "TOOL_ERROR_TURN",
+    "TOOL_INSTRUCTION_AUTO",
+    "TOOL_INSTRUCTION_NAMED",
+    "TOOL_INSTRUCTION_REQUIRED",
+    "TOOL_PROMPT",
+    "TOOL_PROMPT_LINE",
     "TOOL_RESULT_TURN",
     "TOOL_RESULT_TURN_UNNAMED",
     "wrap_up",
@@ -355,6 +364,11 @@ def wrap_up(format: QuestionFormat | str = QuestionFormat.GSM8K) -> tuple[str, s
     return WRAP_UP[QuestionFormat(format)]
 
 
+# Ours: what the thinking budget (``backends/thinking.py``) may write inside a thinking block at a set
+# fraction of its budget, so that the model starts to conclude before the block is closed for it.
+THINKING_WRAP_UP = "\n\nI am running out of thinking budget, so I will wrap up now.\n"
+
+
 # Prompting baselines the evaluation compares TALE with (reference/baselines_and_needs.md), exact.
 #: "Be concise": appended on its own line after the vanilla chain-of-thought prompt.
 BE_CONCISE = "Be concise."
@@ -413,6 +427,30 @@ TALE_QUERY_TEMPLATE = "{query_str}\n{cot_trigger}\n"
 TOOL_RESULT_TURN = "Tool result ({name}): {content}"
 TOOL_RESULT_TURN_UNNAMED = "Tool result: {content}"
 TOOL_CALL_LINE = "Tool call ({name}): {arguments}"
+
+# Ours: the generic tool prompt, a system text for local models whose chat template does not render
+# tools (`core.tools.tool_prompt` fills it). A tool call is one JSON object with "name" and
+# "arguments"; the results come back as `TOOL_RESULT_TURN` (`TOOL_ERROR_TURN` for a failed tool).
+TOOL_PROMPT = "You can call these tools:\n{tools}\n\n{instruction}"
+TOOL_PROMPT_LINE = "- {name}: {description} Arguments (JSON Schema): {parameters}"
+# Each instruction is a format string (``{name}``: the tool to call), so its JSON braces are doubled.
+TOOL_INSTRUCTION_AUTO = (
+    'To call a tool, reply with only a JSON object of the form {{"name": "<tool name>", "arguments": '
+    "{{<the arguments>}}}}. To answer without a tool, reply in plain text."
+)
+TOOL_INSTRUCTION_REQUIRED = (
+    'Call one of these tools: reply with only a JSON object of the form {{"name": "<tool name>", '
+    '"arguments": {{<the arguments>}}}}.'
+)
+TOOL_INSTRUCTION_NAMED = (
+    'Call the tool {name}: reply with only a JSON object of the form {{"name": "{name}", '
+    '"arguments": {{<the arguments>}}}}.'
+)
+TOOL_ERROR_TURN = "Tool error ({name}): {content}"
+# Ours: structured output (`with_structured_output`) as a system text: a JSON Schema to follow, or
+# JSON mode (any JSON object).
+STRUCTURED_OUTPUT_PROMPT = "Reply with only a JSON object that follows this JSON Schema: {schema}"
+JSON_MODE_PROMPT = "Reply with only a JSON object."
 
 
 def repair_prompt(format: QuestionFormat | str = QuestionFormat.CHAT) -> str:

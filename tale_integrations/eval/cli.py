@@ -27,7 +27,9 @@ _DATASETS_HELP = (
 )
 _METHODS_HELP = (
     "comma-separated: direct, vanilla, tale-ep, fixed:B, tale-pt, oracle (needs --search-file), be-concise, "
-    "ccot:N, cod (default: %(default)s)"
+    "ccot:N, cod; for thinking models: think (unlimited thinking), think:B (a thinking budget of B tokens), "
+    "think-tale (the TALE-estimated thinking budget), each through the model's thinking knob, or the prompt "
+    "for a model without one (default: %(default)s)"
 )
 _COUNTERS = ("usage", "cl100k_base", "o200k_base")
 
@@ -81,6 +83,11 @@ def add_eval_parsers(subparsers: Any) -> None:
                          "0.1, the paper's)")
     ev.add_argument("--seed", type=int, metavar="N", help="sampling seed (API models that support it, and sampled "
                     "local decoding; with --paper 1024, the paper's)")
+    ev.add_argument("--thinking", default="auto", choices=["auto", "off", "openai", "vllm", "sglang", "llamacpp"],
+                    help="API models: the thinking knob of the think methods: auto (OpenAI's reasoning models, by "
+                         "name), off (the prompt carries the budget), openai, or the server at --base-url (vllm, "
+                         "sglang, llamacpp: a thinking model served there; see docs/thinking_models.md). Their "
+                         "output cap is the thinking allowance plus --max-tokens (default %(default)s)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_wait_argument(ev, "results file")
     ev.add_argument("--no-report", action="store_true", help="do not write and print the report at the end")
@@ -145,6 +152,11 @@ def _eval(args: argparse.Namespace) -> int:
                                        api_key_env=args.api_key_env,
                                        device=args.device, batch_size=args.batch_size, seed=args.seed,
                                        temperature=args.temperature, paper=paper, purpose="evaluating a local model")
+    if is_api and args.thinking != "auto":
+        generator.thinking = {"off": False, "openai": True}.get(args.thinking, args.thinking)
+    elif not is_api and args.thinking != "auto":
+        raise ValueError(f"--thinking {args.thinking} is for API models; a local model's thinking knob is its chat "
+                         "template's thinking block, found by itself")
     estimator = None
     if args.estimator and args.estimator_model:
         raise ValueError("pass --estimator or --estimator-model, not both (--estimator-model is the zero-shot "

@@ -68,6 +68,13 @@ def run_header(
         header["estimator"] = pipeline.estimator.name
         header["estimator_model"] = runner.estimator_model
         header["policy"] = pipeline.policy.to_dict()
+    if method.kind in (MethodKind.THINK, MethodKind.THINK_TALE):  # which knob, and the numbers behind it
+        header["thinking"] = None if runner.thinking is None else runner.thinking.to_dict()
+        header["thinking_policy"] = runner.thinking_policy.to_dict()  # set for these methods
+        if method.kind is MethodKind.THINK_TALE:
+            header["estimator"] = runner.estimator.name
+            header["estimator_model"] = runner.estimator_model
+            header["policy"] = runner.policy.to_dict()
     if method.kind is MethodKind.ORACLE and runner.oracle is not None:
         header["search_file"] = Path(runner.oracle.source).name
     return header
@@ -95,6 +102,9 @@ def make_record(example: Example, outcome: Outcome) -> dict[str, Any]:
         "finish_reason": outcome.finish_reason,
         "model": outcome.model,
         "output_tokens": outcome.usage.output_tokens,
+        # a thinking model's output apart: thinking, then the answer (output_tokens = the two together)
+        "reasoning_tokens": outcome.usage.reasoning_tokens,
+        "answer_tokens": outcome.usage.output_tokens - outcome.usage.reasoning_tokens,
         "input_tokens": outcome.usage.input_tokens,
         "counter": outcome.usage.counter,
         "usage": outcome.usage.to_dict(),
@@ -104,6 +114,7 @@ def make_record(example: Example, outcome: Outcome) -> dict[str, Any]:
         "estimator_model": outcome.estimator_model,
         "oracle_status": outcome.oracle_status,
         "messages": [dict(m) for m in outcome.messages],
+        "reasoning": outcome.reasoning,
     }
 
 

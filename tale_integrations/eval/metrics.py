@@ -9,6 +9,9 @@
 - Token reduction vs vanilla CoT (set by `add_reductions`), budget adherence (share of answers within
   their budget, mean absolute and signed relative deviation), truncation and empty-answer rates,
   and E³ = ACC² / mean output tokens (ACC as a fraction).
+- Thinking and answer tokens apart (a thinking model's output tokens are both together): the mean
+  reasoning tokens the backend reported and the mean of the rest. Where a thinking knob carried the
+  budget (``budget_via == "thinking"``), adherence compares the thinking tokens with the budget.
 - Degenerate answers, beside ACC, for numeric questions: answers that copy the format line's example
   (``[[50]]``), and answers whose number already stands in the question (GSM8K-Zero's questions hold
   their own answer, so restating a number can score without any reasoning).
@@ -131,6 +134,10 @@ class MethodMetrics:
             format example's value (`copies_format_example`) and the share equal to a number in the
             question (`restates_question`); None for other formats.
         e3: ACC² / output tokens.
+        reasoning_tokens, answer_tokens: Mean thinking tokens of the answering call (as the backend
+            reported them; part of ``output_tokens``) and mean output tokens besides them; by the
+            recorded usage, whatever ``counter`` is.
+        thinking_n: Answers whose budget went through a thinking knob.
         oracle: For the oracle method, how many questions had each search status.
         notes: Messages for the report (unpriced models...).
     """
@@ -161,6 +168,9 @@ class MethodMetrics:
     e3: float | None
     copied_example_rate: float | None = None
     restated_rate: float | None = None
+    reasoning_tokens: float = 0.0
+    answer_tokens: float = 0.0
+    thinking_n: int = 0
     oracle: dict[str, int] | None = None
     notes: tuple[str, ...] = ()
 
@@ -200,7 +210,12 @@ def summarize(
     est = [r["estimator_usage"] for r in records if r.get("estimator_usage")]
     answer_cost, estimator_cost, missing = expense(records, prices)
     notes = tuple(missing_price_message(m) for m in sorted(missing))
-    budgeted = [(t, int(r["budget"])) for r, t in zip(records, tokens) if r.get("budget")]
+    reasoning = [int(r.get("reasoning_tokens") or (r.get("usage") or {}).get("reasoning_tokens") or 0) for r in records]
+    recorded = [int(r.get("output_tokens") or 0) for r in records]
+    thinking = [r.get("budget_via") == "thinking" for r in records]
+    # a knob bounds the thinking, the prompt the whole output
+    budgeted = [(th if knob else t, int(r["budget"]))
+                for r, t, th, knob in zip(records, tokens, reasoning, thinking, strict=True) if r.get("budget")]
     numeric = header.get("format", "gsm8k") == "gsm8k"
     statuses: dict[str, int] | None = None
     if header.get("method") == "oracle":
@@ -229,6 +244,9 @@ def summarize(
         if numeric and records else None,
         restated_rate=_mean([float(restates_question(r.get("answer"), str(r.get("question") or ""))) for r in records])
         if numeric and records else None,
+        reasoning_tokens=_mean(reasoning) if records else 0.0,
+        answer_tokens=_mean([o - r for o, r in zip(recorded, reasoning, strict=True)]) if records else 0.0,
+        thinking_n=sum(thinking),
         oracle=statuses, notes=notes,
     )
 

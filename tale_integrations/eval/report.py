@@ -161,7 +161,8 @@ def paper_table(metrics: Sequence[MethodMetrics]) -> list[str]:
 
 
 def _detail_table(metrics: list[MethodMetrics]) -> list[str]:
-    header = ["Method", "ACC [95% CI]", "Output tokens", "Tokens vs vanilla", "Estimator tokens in/out",
+    header = ["Method", "ACC [95% CI]", "Output tokens", "Thinking / answer tokens", "Tokens vs vanilla",
+              "Estimator tokens in/out",
               "Expense $/1k q (answer + estimator)", "Within budget", "Mean rel. dev. (abs / signed)",
               "Truncated", "Empty", "Copied [[50]]", "Number in question", "E³ ×10³"]
     rows = []
@@ -175,9 +176,12 @@ def _detail_table(metrics: list[MethodMetrics]) -> list[str]:
         budget = "–" if m.within_budget is None else f"{_pct(m.within_budget)} of {m.budget_n}"
         dev = "–" if m.budget_abs_deviation is None else \
             f"{_num(m.budget_abs_deviation)} / {m.budget_signed_deviation:+.2f}"
+        knob = f" (knob: {m.thinking_n})" if m.thinking_n else ""
+        split = "–" if not m.reasoning_tokens and not m.thinking_n else \
+            f"{_num(m.reasoning_tokens)} / {_num(m.answer_tokens)}{knob}"
         rows.append([
             m.label, f"{_pct(m.accuracy)} [{_pct(m.accuracy_low)}, {_pct(m.accuracy_high)}]", _num(m.output_tokens),
-            reduction, est, expense, budget, dev, _pct(m.truncation_rate), _pct(m.empty_rate),
+            split, reduction, est, expense, budget, dev, _pct(m.truncation_rate), _pct(m.empty_rate),
             "–" if m.copied_example_rate is None else _pct(m.copied_example_rate),
             "–" if m.restated_rate is None else _pct(m.restated_rate),
             "n/a" if m.e3 is None else f"{1000 * m.e3:.3f}",
@@ -204,7 +208,11 @@ def render_markdown(report: Report) -> str:
         f"the price table (defaults as of {PRICES_AS_OF}; override with `--prices FILE`). "
         "ACC intervals: 95% percentile bootstrap (1,000 resamples, seeded). "
         "Copied [[50]]: numeric answers equal to the format line's example; number in question: numeric "
-        "answers equal to a number the question already states (on GSM8K-Zero these can score without reasoning).",
+        "answers equal to a number the question already states (on GSM8K-Zero these can score without reasoning). "
+        "Thinking / answer tokens: a thinking model's output split as its backend reported it (the thinking "
+        "tokens are part of the output tokens); \"knob: n\" counts the answers whose budget went through the "
+        "model's thinking knob (`core.thinking`) rather than the prompt, and their budget adherence compares "
+        "the thinking tokens with the budget.",
         "",
     ]
     for model in dict.fromkeys(m.model for m in report.metrics):

@@ -1,7 +1,7 @@
 """How `TaleRunnable`'s model requests reach the LangChain chat model.
 
-A `ModelCall` is answered with one ``model.batch`` per distinct hard cap (the groups running
-concurrently), or streamed: first a chunk opening the answer (the budget header in
+A `ModelCall` is answered with one ``model.batch`` per distinct hard cap and thinking knob (the
+groups running concurrently), or streamed: first a chunk opening the answer (the budget header in
 ``response_metadata["tale"]``, or the separator before a repair), then the model's own chunks, then
 a `Reply` with the finished message for the flow (`core.flows.stream_drive`). `closing_chunk` is the
 stream's last chunk: the outcome keys the header did not carry.
@@ -31,11 +31,16 @@ def _with_cap(cap: int | None, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**kwargs, "max_tokens": min(cap, own) if isinstance(own, int) else cap}
 
 
+def _settings(call: ModelCall, i: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Row ``i``'s call arguments: the caller's, its hard cap, then its thinking knob (which wins)."""
+    return {**_with_cap(call.caps[i], kwargs), **call.settings(i)}
+
+
 def _groups(call: ModelCall) -> list[list[int]]:
-    """The call's rows grouped by hard cap (one ``batch`` per group)."""
-    groups: dict[int | None, list[int]] = {}
+    """The call's rows grouped by hard cap and knob (one ``batch`` per group)."""
+    groups: dict[str, list[int]] = {}
     for i, cap in enumerate(call.caps):
-        groups.setdefault(cap, []).append(i)
+        groups.setdefault(repr((cap, sorted(call.settings(i).items()))), []).append(i)
     return list(groups.values())
 
 
@@ -45,7 +50,7 @@ def call_model(model: BaseChatModel, call: ModelCall, kwargs: dict[str, Any]) ->
 
     def run(group: list[int]) -> None:
         replies = model.batch([call.messages[i] for i in group], [call.configs[i] for i in group],
-                              return_exceptions=True, **_with_cap(call.caps[group[0]], kwargs))
+                              return_exceptions=True, **_settings(call, group[0], kwargs))
         for i, reply in zip(group, replies):
             out[i] = reply
 
@@ -64,7 +69,7 @@ async def acall_model(model: BaseChatModel, call: ModelCall, kwargs: dict[str, A
 
     async def run(group: list[int]) -> None:
         replies = await model.abatch([call.messages[i] for i in group], [call.configs[i] for i in group],
-                                     return_exceptions=True, **_with_cap(call.caps[group[0]], kwargs))
+                                     return_exceptions=True, **_settings(call, group[0], kwargs))
         for i, reply in zip(group, replies):
             out[i] = reply
 
@@ -82,7 +87,7 @@ def stream_model(model: BaseChatModel, call: ModelCall, kwargs: dict[str, Any]) 
     """Stream the call's single row: the opening chunk, the model's chunks, then ``Reply([message])``."""
     yield _opening_chunk(call)
     final = None
-    for chunk in model.stream(call.messages[0], call.configs[0], **_with_cap(call.caps[0], kwargs)):
+    for chunk in model.stream(call.messages[0], call.configs[0], **_settings(call, 0, kwargs)):
         chunk = as_chunk(chunk)
         yield chunk
         final = chunk if final is None else final + chunk
@@ -93,7 +98,7 @@ async def astream_model(model: BaseChatModel, call: ModelCall, kwargs: dict[str,
     """Async twin of `stream_model`."""
     yield _opening_chunk(call)
     final = None
-    async for chunk in model.astream(call.messages[0], call.configs[0], **_with_cap(call.caps[0], kwargs)):
+    async for chunk in model.astream(call.messages[0], call.configs[0], **_settings(call, 0, kwargs)):
         chunk = as_chunk(chunk)
         yield chunk
         final = chunk if final is None else final + chunk

@@ -95,6 +95,12 @@ class ModelCall:
     configs: list[RunnableConfig]
     caps: list[int | None]
     headers: list[dict[str, Any]]
+    #: Per row, call arguments beyond the cap: a thinking model's knob (`ThinkingTarget.call_kwargs`).
+    extras: list[dict[str, Any]] | None = None
+
+    def settings(self, i: int) -> dict[str, Any]:
+        """Row ``i``'s extra call arguments (empty for the prompt trigger)."""
+        return self.extras[i] if self.extras is not None else {}
 
 
 def total_usage(*usages: UsageMetadata | None) -> UsageMetadata | None:

@@ -8,10 +8,17 @@ call, with the usual callbacks for every input.
 
 Messages: system, human and AI messages keep their roles, and any message may come last. A
 `ToolMessage` becomes the user turn ``"Tool result (<name>): <content>"`` and an AI message's tool
-calls are appended to its text as ``"Tool call (<name>): <json args>"``, so agent histories run;
-the model itself is never offered tools (local tool calling is out of scope: ``bind_tools`` and
-``with_structured_output`` raise NotImplementedError). List content is joined from its text
-parts; images, audio and files raise ValueError.
+calls are appended to its text as ``"Tool call (<name>): <json args>"``, so agent histories run
+without tools bound. List content is joined from its text parts; images, audio and files raise
+ValueError.
+
+Tools and structured output (``_tools.py``): ``bind_tools`` (tool choice ``"auto"``, ``"any"``, a
+name or ``"none"``) offers tools through the chat template when it renders them, else through the
+generic tool prompt; replies come back with ``tool_calls`` (with ids), ``invalid_tool_calls`` and,
+streamed, ``tool_call_chunks``. ``with_structured_output`` takes ``method="json_schema"``,
+``"function_calling"`` or ``"json_mode"`` and ``include_raw``. With ``constrain=True`` (or
+``strict=True`` per binding) the output is held to its JSON schema while decoding (the
+``constrain`` extra), and such a turn gets no token budget, so a budget never cuts its JSON.
 """
 
 from __future__ import annotations
@@ -30,11 +37,24 @@ from pydantic import ConfigDict
 
 from .._hf_fields import HFModelFields
 from ._chat_batching import PENDING, PendingBatch
-from ._chat_messages import PROVIDER, response_metadata, to_conversation, usage_metadata
+from ._chat_messages import PROVIDER, reasoning_kwargs, response_metadata, to_conversation, to_turns, usage_metadata
+from ._tools import (
+    TOOL_KWARGS,
+    ToolTurn,
+    bind_tools,
+    delta_chunk,
+    message_fields,
+    openai_tools,
+    tool_turn,
+    with_structured_output,
+)
 
 if TYPE_CHECKING:
+    from langchain_core.runnables import Runnable
+
     from ..backends.hf.settings import CallSettings
-    from ..core.generation import Generation
+    from ..core.generation import Generation, StreamEvent
+    from ..core.tools import ToolStreamParser
 
 __all__ = ["ChatTaleHF"]
 
@@ -65,10 +85,20 @@ class ChatTaleHF(HFModelFields, BaseChatModel):
         max_tokens: Default cap on new tokens per answer. Default: the generator's ``max_new_tokens`` (512).
         stop: Default stop strings; the answer ends before the first one and never contains it.
         streaming: Route ``invoke`` through the streaming path, so callbacks see every token.
+        constrain: Hold tool calls and structured output to their JSON schema while decoding (needs
+            the ``constrain`` extra); ``strict=`` of ``bind_tools`` / ``with_structured_output``
+            overrides it per binding. Off by default.
 
     Per call (``invoke(..., max_tokens=64)`` or ``bind``): ``max_tokens`` (alias ``max_new_tokens``),
-    ``stop``, ``temperature``, ``budget`` and ``answer_format`` (the enforcer's wrap-up style);
-    anything else raises TypeError.
+    ``stop``, ``temperature``, ``budget``, ``answer_format`` (the enforcer's wrap-up style),
+    ``thinking_budget`` and ``chat_template_kwargs`` (e.g. ``{"enable_thinking": False}``); anything
+    else raises TypeError.
+
+    Thinking models (a chat template with a ``<think>`` block): the reply's content is the answer
+    alone; the thinking comes as ``additional_kwargs["reasoning_content"]`` (so ``content_blocks``
+    starts with a ``"reasoning"`` block) and its tokens as ``usage_metadata["output_token_details"]
+    ["reasoning"]``; streamed chunks carry the thinking deltas the same way. ``thinking_budget``
+    (a field, or per call) holds the thinking to that many tokens while decoding.
 
     Example:
         ```python
@@ -83,6 +113,7 @@ class ChatTaleHF(HFModelFields, BaseChatModel):
     max_tokens: int | None = None
     stop: list[str] | None = None
     streaming: bool = False
+    constrain: bool = False
 
     # Unknown arguments raise (BaseChatModel's own config ignores them), so a misspelt setting never passes silently.
     model_config = ConfigDict(extra="forbid")
@@ -98,7 +129,8 @@ class ChatTaleHF(HFModelFields, BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        names = ("model_path", "adapter_path", "temperature", "max_tokens", "stop", "enforce_budget", "budget")
+        names = ("model_path", "adapter_path", "temperature", "max_tokens", "stop", "enforce_budget", "budget",
+                 "thinking_budget")
         return {"model_name": self.model_name, **{name: getattr(self, name) for name in names}}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
@@ -123,7 +155,8 @@ class ChatTaleHF(HFModelFields, BaseChatModel):
     # -- generation -----------------------------------------------------------------------------
 
     def _result(self, generation: Generation) -> ChatResult:
-        message = AIMessage(content=generation.text, usage_metadata=usage_metadata(generation),
+        message = AIMessage(content=generation.text, additional_kwargs=reasoning_kwargs(generation.reasoning),
+                            usage_metadata=usage_metadata(generation),
                             response_metadata=response_metadata(generation))
         llm_output = {"token_usage": usage_metadata(generation), "model_name": generation.model}
         return ChatResult(generations=[ChatGeneration(message=message)], llm_output=llm_output)
@@ -136,7 +169,13 @@ class ChatTaleHF(HFModelFields, BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        turn = self._tool_turn(kwargs)
         conversation, settings = to_conversation(messages), self._call(stop, kwargs)
+        if turn is not None:
+            generation = self._generator.generate(
+                [turn.conversation(to_turns(messages))], **turn.settings(settings).for_generate(1),
+                answer_rules=[turn.rules(self._generator, settings)])[0]
+            return self._turn_result(turn, generation)
         pending = PENDING.get()
         generation = pending.take(self._generator, conversation, settings) if pending else None
         if generation is None:
@@ -145,7 +184,13 @@ class ChatTaleHF(HFModelFields, BaseChatModel):
 
     async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                          run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        turn = self._tool_turn(kwargs)
         conversation, settings = to_conversation(messages), self._call(stop, kwargs)
+        if turn is not None:
+            generation = (await self._generator.agenerate(
+                [turn.conversation(to_turns(messages))], **turn.settings(settings).for_generate(1),
+                answer_rules=[turn.rules(self._generator, settings)]))[0]
+            return self._turn_result(turn, generation)
         pending = PENDING.get()
         generation = await pending.atake(self._generator, conversation, settings) if pending else None
         if generation is None:
@@ -153,21 +198,35 @@ class ChatTaleHF(HFModelFields, BaseChatModel):
         return self._result(generation)
 
     @staticmethod
-    def _chunk(text: str, final: Generation | None) -> ChatGenerationChunk:
+    def _chunk(text: str, final: Generation | None, reasoning: str = "") -> ChatGenerationChunk:
+        # Thinking deltas ride in additional_kwargs["reasoning_content"], which aggregating the chunks joins.
+        thinking = reasoning_kwargs(reasoning or None)
         if final is None:
-            return ChatGenerationChunk(message=AIMessageChunk(content=text))
+            return ChatGenerationChunk(message=AIMessageChunk(content=text, additional_kwargs=thinking))
         # Usage and model name ride on the last chunk only, so aggregating the chunks counts them once.
         return ChatGenerationChunk(message=AIMessageChunk(
-            content=text, usage_metadata=usage_metadata(final), response_metadata=response_metadata(final),
-            chunk_position="last",
+            content=text, additional_kwargs=thinking, usage_metadata=usage_metadata(final),
+            response_metadata=response_metadata(final), chunk_position="last",
         ))
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        turn = self._tool_turn(kwargs)
         conversation, settings = to_conversation(messages), self._call(stop, kwargs)
+        if turn is not None:
+            parser = turn.stream_parser()
+            events = self._generator.stream(turn.conversation(to_turns(messages)),
+                                            **turn.settings(settings).for_stream(),
+                                            answer_rules=turn.rules(self._generator, settings))
+            for event in events:
+                for chunk in self._turn_chunks(parser, event):
+                    if run_manager:
+                        run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
+            return
         for event in self._generator.stream(conversation, **settings.for_stream()):
-            if event.text or event.final is not None:
-                chunk = self._chunk(event.text, event.final)
+            if event.text or event.reasoning or event.final is not None:
+                chunk = self._chunk(event.text, event.final, event.reasoning)
                 if run_manager:  # LangChain's stream() reports tokens itself and passes no run_manager
                     run_manager.on_llm_new_token(event.text, chunk=chunk)
                 yield chunk
@@ -175,13 +234,82 @@ class ChatTaleHF(HFModelFields, BaseChatModel):
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        turn = self._tool_turn(kwargs)
         conversation, settings = to_conversation(messages), self._call(stop, kwargs)
+        if turn is not None:
+            parser = turn.stream_parser()
+            events = self._generator.astream(turn.conversation(to_turns(messages)),
+                                             **turn.settings(settings).for_stream(),
+                                             answer_rules=turn.rules(self._generator, settings))
+            async for event in events:
+                for chunk in self._turn_chunks(parser, event):
+                    if run_manager:
+                        await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
+            return
         async for event in self._generator.astream(conversation, **settings.for_stream()):
-            if event.text or event.final is not None:
-                chunk = self._chunk(event.text, event.final)
+            if event.text or event.reasoning or event.final is not None:
+                chunk = self._chunk(event.text, event.final, event.reasoning)
                 if run_manager:
                     await run_manager.on_llm_new_token(event.text, chunk=chunk)
                 yield chunk
+
+    # -- tools and structured output (``_tools.py``) -------------------------------------------------
+
+    def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any) -> Runnable:
+        """Bind tools (BaseTool, typed function, pydantic model or OpenAI tool dict) to this model.
+
+        Args:
+            tools: The tools.
+            tool_choice: ``"auto"``/None (call a tool or answer in text), ``"any"``/``"required"``/True
+                (call one), a tool's name (call that one) or ``"none"`` (answer in text; the tools
+                are not offered).
+            **kwargs: ``strict`` (hold the call to its schema while decoding; default the model's
+                ``constrain``), ``parallel_tool_calls`` (accepted; a constrained turn makes one
+                call), and other keywords bound with them.
+
+        Raises:
+            SchemaError: a tool schema that is not JSON Schema (or, constrained, not enforceable).
+            TaleValueError: ``tool_choice`` names a tool that is not bound.
+        """
+        return bind_tools(self, tools, tool_choice=tool_choice, **kwargs)
+
+    def with_structured_output(self, schema: Any = None, *, include_raw: bool = False,
+                               **kwargs: Any) -> Runnable:
+        """A Runnable whose output follows ``schema``: ``method`` is ``"json_schema"`` (default),
+        ``"function_calling"`` or ``"json_mode"``; ``include_raw`` and ``strict`` as LangChain
+        defines them (see ``_tools.with_structured_output``)."""
+        return with_structured_output(self, schema, include_raw=include_raw, **kwargs)
+
+    def _tool_turn(self, kwargs: dict[str, Any]) -> ToolTurn | None:
+        """Pop this call's tool keywords from ``kwargs``: the turn they describe, or None for a plain turn."""
+        options = {k: kwargs.pop(k) for k in TOOL_KWARGS if k in kwargs}
+        return tool_turn(self, options) if options else None
+
+    def _turn_result(self, turn: ToolTurn, generation: Generation) -> ChatResult:
+        result = self._result(generation)
+        message = result.generations[0].message
+        fields = message_fields(turn.reply(generation.text))
+        result.generations[0] = ChatGeneration(message=message.model_copy(update=fields))
+        return result
+
+    def _turn_chunks(self, parser: ToolStreamParser | None, event: StreamEvent) -> list[ChatGenerationChunk]:
+        """The chunks of one stream event of a tool turn: thinking, text and ``tool_call_chunks``; usage on the last."""
+        if parser is None:
+            deltas = [AIMessageChunk(content=event.text)] if event.text else []
+        else:
+            deltas = [delta_chunk(d) for d in parser.feed(event.text)]
+            if event.final is not None:
+                deltas += [delta_chunk(d) for d in parser.finish()[0]]
+        if event.reasoning:
+            deltas.insert(0, AIMessageChunk(content="", additional_kwargs=reasoning_kwargs(event.reasoning)))
+        reasoning = getattr(event, "reasoning", "") or ""
+        chunks = [ChatGenerationChunk(message=m) for m in deltas]
+        if reasoning and event.final is None:
+            chunks.insert(0, self._chunk("", None, reasoning))
+        if event.final is not None:
+            chunks.append(self._chunk("", event.final, reasoning))
+        return chunks
 
     # -- true batching: the inherited methods, run inside one pending batch -----------------------
 
@@ -244,6 +372,16 @@ class ChatTaleHF(HFModelFields, BaseChatModel):
 
     def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence[Any] | None = None) -> int:
         """Length of the chat-templated prompt with the assistant turn opened: the call's ``input_tokens``."""
-        if tools:
-            raise NotImplementedError("ChatTaleHF does not support tools, so it cannot count tool schemas")
-        return len(self._generator.encode_chat(to_conversation(messages)))
+        if not tools:
+            return len(self._generator.encode_chat(to_conversation(messages),
+                                                   chat_template_kwargs=self.chat_template_kwargs))
+        turn = tool_turn(self, {"tools": openai_tools(tools)})
+        conversation = turn.conversation(to_turns(messages))
+        if turn.template_tools is None:
+            return len(self._generator.encode_chat(conversation))
+        generator = self._generator
+        encoded = generator.tokenizer.apply_chat_template(
+            conversation, tools=turn.template_tools, add_generation_prompt=True, tokenize=True, return_dict=True,
+            chat_template=generator.chat_template,
+        )
+        return len(encoded["input_ids"])

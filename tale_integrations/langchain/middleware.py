@@ -14,10 +14,24 @@ was dropped) is passed through untouched: a budget is never estimated in the mid
 
 The hard cap (``max_tokens`` in ``model_settings``) is off by default here, unlike `TaleRunnable`:
 in an agent any model call may be a tool call, and a cap can cut its arguments.
+
+Tool calls (a budget never applies to a call that writes tool-call arguments):
+
+- a request that carries tools gets no output cap that could cut a tool call's JSON: the hard cap
+  is left off, and a thinking model's knob keeps its thinking budget but sends no cap (or, where the
+  engine requires one, its output limit); the record says so (``cap_skipped``);
+- a request whose ``tool_choice`` forces a tool call is passed through untouched (no budget in the
+  prompt, no knob, no record): that call writes arguments, not reasoning. The budget prompt and the
+  knob go only on calls where the model may reason and answer.
+
+Thinking models (`core.thinking`): when the agent's model is one (detected from its class and name,
+or declared with ``thinking=``), the budget goes to its thinking knob instead of the prompt, and the
+human message is sent without the trigger; ``budget_via`` and ``thinking`` in each record say which.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import operator
 from collections.abc import Awaitable, Callable
@@ -34,10 +48,11 @@ from typing_extensions import NotRequired
 
 from ..core.budget import BudgetPolicy
 from ..core.checks import check_positive_int
-from ..core.decision import RECORD_KEYS, BudgetRecord, decide_budget, estimator_failure
+from ..core.decision import BudgetRecord, decide_budget, estimator_failure
 from ..core.estimators import BudgetEstimator, Estimate, EstimatorError, is_zero_shot
 from ..core.flows import adrive, drive
 from ..core.prompts import EstimationPrompt, QuestionFormat
+from ..core.thinking import ThinkingModel, ThinkingPolicy
 from ._adapters import (
     ESTIMATE_TAG,
     NOSTREAM_TAG,
@@ -49,6 +64,7 @@ from ._adapters import (
     model_max_tokens,
     to_usage_metadata,
 )
+from ._thinking import budget_of, thinking_target, thinks
 
 __all__ = ["TaleAgentState", "TaleBudgetMiddleware"]
 
@@ -59,12 +75,19 @@ class TaleAgentState(AgentState[ResponseT]):
     Each record: ``message_id`` (the human message the budget belongs to: its id, or a hash of
     its text when it has none), the budget record (`core.decision.RECORD_KEYS`: ``budget``,
     ``budget_raw``, ``budget_source``, ``budget_adjusted``, ``estimator``, ``estimator_reply``,
-    ``estimator_error``, ``estimator_usage``, the last for the estimating call only), ``estimated``
-    (True on the call that ran the estimator, False when the turn's budget was reused),
-    ``max_tokens`` (the hard cap, or None) and ``usage`` (the model call's ``usage_metadata``).
+    ``estimator_error``, ``estimator_usage``, the last for the estimating call only, ``budget_via``,
+    ``thinking``), ``estimated`` (True on the call that ran the estimator, False when the turn's budget
+    was reused), ``max_tokens`` (the output cap sent: the hard cap or the knob's, or None),
+    ``cap_skipped`` (why no cap was sent where one would have been: the request carries tools; else
+    None) and ``usage`` (the model call's ``usage_metadata``).
     """
 
     tale_budgets: NotRequired[Annotated[list[dict[str, Any]], operator.add]]
+
+
+def _forces_tool_call(tool_choice: Any) -> bool:
+    """Whether a request's ``tool_choice`` makes the model call a tool (``"any"``, ``"required"``, a tool)."""
+    return tool_choice not in (None, "auto", "none") and tool_choice is not False
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +116,16 @@ class TaleBudgetMiddleware(AgentMiddleware[TaleAgentState[Any], Any]):
         policy: `BudgetPolicy` (floor, cap, scale α, fallback).
         format: `QuestionFormat` of the rewritten human message; default ``"chat"``.
         hard_cap: Also set ``max_tokens = budget + answer_reserve`` for models with a ``max_tokens``
-            setting. Off by default: a cap can cut a tool call's arguments.
+            setting (never on a model that thinks, nor on a request that carries tools). Off by
+            default: a cap can cut a tool call's arguments.
         answer_reserve: Tokens beyond the budget for the hard cap.
         on_estimator_error: ``"raise"`` (an `EstimatorError`) or ``"fallback"`` (the policy's rule).
         estimation_prompt: `EstimationPrompt` variant for the zero-shot estimator.
         estimator_max_tokens: Cap on the zero-shot estimator's reply.
+        thinking: Whether the model's thinking knob carries the budget (`core.thinking.resolve_thinking`):
+            None detects it from the agent model's class and name, False never, True / an engine name /
+            a `core.thinking.ThinkingModel` declares it.
+        thinking_policy: `core.thinking.ThinkingPolicy` (answer reserve, effort thresholds).
 
     Example:
         ```python
@@ -121,6 +149,8 @@ class TaleBudgetMiddleware(AgentMiddleware[TaleAgentState[Any], Any]):
         on_estimator_error: Literal["raise", "fallback"] = "raise",
         estimation_prompt: EstimationPrompt | str = EstimationPrompt.SCRIPTS,
         estimator_max_tokens: int = 64,
+        thinking: Any = None,
+        thinking_policy: ThinkingPolicy | None = None,
     ) -> None:
         super().__init__()
         check_positive_int("budget", budget, optional=True)
@@ -138,6 +168,13 @@ class TaleBudgetMiddleware(AgentMiddleware[TaleAgentState[Any], Any]):
         self.on_estimator_error = on_estimator_error
         self.estimation_prompt = EstimationPrompt(estimation_prompt)
         self.estimator_max_tokens = estimator_max_tokens
+        if thinking_policy is not None and not isinstance(thinking_policy, ThinkingPolicy):
+            raise TypeError(f"thinking_policy must be a ThinkingPolicy, got {type(thinking_policy).__name__}")
+        if thinking is not None and not isinstance(thinking, (bool, str, ThinkingModel)):
+            raise TypeError(f"thinking must be None, a bool, an engine name or a ThinkingModel, got "
+                            f"{type(thinking).__name__}")
+        self.thinking = thinking
+        self.thinking_policy = thinking_policy or ThinkingPolicy()
         if is_zero_shot(estimator):
             estimator = None  # the default: zero-shot on the agent's own model
         self._estimator = None if estimator is None else as_estimator(
@@ -148,6 +185,8 @@ class TaleBudgetMiddleware(AgentMiddleware[TaleAgentState[Any], Any]):
 
     def _turn(self, request: ModelRequest) -> _Turn | None:
         """The human turn this call belongs to, or None when the request is passed through."""
+        if _forces_tool_call(request.tool_choice):
+            return None  # this call writes a tool call's arguments: no budget applies to it
         messages = request.messages
         index = last_human_index(messages)
         if index is None:
@@ -191,8 +230,9 @@ class TaleBudgetMiddleware(AgentMiddleware[TaleAgentState[Any], Any]):
         limit = min(limits) if limits else None
         estimate = None
         if turn.cached is not None:
-            record = {k: turn.cached.get(k) for k in RECORD_KEYS}
-            record["estimator_usage"] = None  # counted once, on the call that estimated
+            decided = BudgetRecord(budget=budget_of(turn.cached), estimator=turn.cached.get("estimator"),
+                                   estimator_reply=turn.cached.get("estimator_reply"),
+                                   estimator_error=turn.cached.get("estimator_error"))
         else:
             if self.budget is None:
                 if not isinstance(estimates, list) or len(estimates) != 1:
@@ -201,17 +241,31 @@ class TaleBudgetMiddleware(AgentMiddleware[TaleAgentState[Any], Any]):
             budget = decide_budget(self.policy, estimate=estimate, estimator=estimator, fixed=self.budget, limit=limit)
             decided = BudgetRecord.of(budget, estimator, estimate) if estimate is not None else \
                 BudgetRecord(budget=budget, estimator=estimator)
-            record = decided.to_dict(usage=to_usage_metadata)
-        tokens = record["budget"]
-        cap = None
-        if self.hard_cap and tokens is not None and accepts_max_tokens(request.model):
-            cap = min([tokens + self.answer_reserve, *limits])
-        record.update(message_id=turn.key, estimated=estimate is not None, max_tokens=cap)
+        tools = bool(request.tools)  # this call may write a tool call: no cap that could cut its arguments
+        tokens = None if decided.budget is None else decided.budget.tokens
+        target = thinking_target(request.model, self.thinking) if tokens is not None else None
+        knob = None if target is None else target.knob(decided.budget, self.thinking_policy, cap=not tools,
+                                                        limit=min(limits) if limits else None)
+        record = dataclasses.replace(decided, thinking=knob).to_dict(usage=to_usage_metadata)
+        settings = dict(request.model_settings)
+        cap, skipped, in_prompt = None, None, tokens
+        if knob is not None and knob.applied:  # the knob carries the budget; the question goes as it is
+            settings.update(target.call_kwargs(knob, settings))
+            cap, in_prompt = knob.max_tokens, None
+            if tools:
+                skipped = "the request carries tools: a cap could cut a tool call's arguments"
+        elif self.hard_cap and tokens is not None and accepts_max_tokens(request.model) and not thinks(request.model):
+            if tools:
+                skipped = "the request carries tools: a cap could cut a tool call's arguments"
+            else:
+                cap = min([tokens + self.answer_reserve, *limits])
+                settings["max_tokens"] = cap
+        record.update(message_id=turn.key, estimated=estimate is not None, max_tokens=cap, cap_skipped=skipped)
         overrides: dict[str, Any] = {
-            "messages": budgeted_messages(request.messages, turn.index, turn.question, tokens, format=self.format)
+            "messages": budgeted_messages(request.messages, turn.index, turn.question, in_prompt, format=self.format)
         }
-        if cap is not None:
-            overrides["model_settings"] = {**request.model_settings, "max_tokens": cap}
+        if settings != request.model_settings:
+            overrides["model_settings"] = settings
         return request.override(**overrides), record
 
     @staticmethod

@@ -12,6 +12,12 @@ core's runners (`core.flows`: sync, async, and their streaming twins); `_model_c
 model requests. A batch makes one estimator batch call and one answer batch call per distinct hard
 cap (all inputs share one cap unless their budgets differ), the groups running concurrently.
 
+Thinking models (`core.thinking`): when the wrapped model is one (``ChatOpenAI`` on a reasoning model,
+``ChatAnthropic`` with extended thinking, ``ChatGoogleGenerativeAI`` on Gemini 2.5/3, ``ChatOllama`` on a
+thinking family, detected from the class and name, or declared with ``thinking=``), the budget goes to
+its thinking knob (`langchain._thinking`) and the question is asked without the budget trigger; the
+metadata's ``budget_via`` says which, and ``thinking`` holds the knob's request fields.
+
 Child runs carry tags: ``tale:estimate`` (and ``nostream``, so LangGraph's message streaming skips
 the estimator's reply), ``tale:answer`` and ``tale:repair``; filter ``astream_events`` on them.
 """
@@ -32,6 +38,7 @@ from ..core.decision import BudgetRecord, decide_budget, estimator_failure
 from ..core.estimators import BudgetEstimator, Estimate, EstimatorError
 from ..core.flows import Reply, adrive, astream_drive, drive, stream_drive
 from ..core.prompts import PROMPT_VERSION, REPAIR_PROMPT, EstimationPrompt, QuestionFormat, repair_prompt
+from ..core.thinking import ThinkingKnob, ThinkingPolicy
 from ._adapters import (
     accepts_max_tokens,
     as_estimator,
@@ -55,6 +62,7 @@ from ._runnable_parts import (
     parse_input,
     total_usage,
 )
+from ._thinking import ThinkingTarget, thinking_target, thinks
 
 __all__ = ["REPAIR_PROMPT", "TaleInput", "TaleQuestion", "TaleRunnable"]
 
@@ -70,7 +78,8 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
     Output: the model's `AIMessage`. ``response_metadata["tale"]`` holds ``budget`` (None for plain
     CoT after a failed estimate under ``on_parse_failure="vanilla"``), ``budget_raw``,
     ``budget_source``, ``budget_adjusted``, ``estimator``, ``estimator_reply``, ``estimator_error``,
-    ``estimator_usage``, ``max_tokens`` (the hard cap sent, or None), ``format``,
+    ``estimator_usage``, ``budget_via`` (``"prompt"`` or ``"thinking"``), ``thinking`` (the knob:
+    `core.thinking.ThinkingKnob.to_dict`, or None), ``max_tokens`` (the hard cap sent, or None), ``format``,
     ``prompt_version``, then ``answer_usage``, ``repaired``, ``repair_usage`` and ``total_usage``
     (every call together). Usage values are LangChain `UsageMetadata` dicts, None where the model
     reported none. The message's own ``usage_metadata`` is its answer's (answer plus repair).
@@ -87,7 +96,8 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
         format: `QuestionFormat` of the prompt: ``"chat"`` (default: the question and the trigger),
             ``"gsm8k"`` or ``"multiple_choice"`` (needs ``options`` in the input).
         hard_cap: Also cap the answer at ``budget + answer_reserve`` output tokens, for models with
-            a ``max_tokens`` setting (never above a cap the user set on the model).
+            a ``max_tokens`` setting (never above a cap the user set on the model). Never on a model
+            that thinks (`langchain._thinking.thinks`): its thinking counts inside the cap.
         answer_reserve: Tokens beyond the budget for the hard cap, and the repair call's cap.
         repair: After an answer cut off by a token cap with no final answer (no ``[[...]]`` for gsm8k /
             multiple choice; any cut-off for chat), make one repair call (the conversation, the
@@ -98,6 +108,13 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
         estimation_prompt: `EstimationPrompt` variant for the zero-shot estimator (``estimator`` None
             or a chat model).
         estimator_max_tokens: Cap on the zero-shot estimator's reply (a few tokens are expected).
+        thinking: Whether the model's thinking knob carries the budget (`core.thinking.resolve_thinking`):
+            None detects it from the model's class and name; False always writes the budget into the
+            prompt; True, an engine name (``"vllm"`` for a ``ChatOpenAI`` on a vLLM server, ``"sglang"``,
+            ``"llamacpp"``) or a `core.thinking.ThinkingModel` declares it. The knob wins over call
+            arguments of the same name.
+        thinking_policy: `core.thinking.ThinkingPolicy`: the answer reserve above the thinking budget in
+            the output cap, and the budget thresholds of effort levels.
 
     Per call: ``configurable_fields`` works on every field (``budget``, ``policy``, ``estimator``...);
     ``invoke(..., **kwargs)`` passes ``kwargs`` (``temperature``, ``stop``...) to the answer calls.
@@ -121,6 +138,8 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
     on_estimator_error: Literal["raise", "fallback"] = "raise"
     estimation_prompt: EstimationPrompt = EstimationPrompt.SCRIPTS
     estimator_max_tokens: int = Field(default=64, ge=1)
+    thinking: Any = None
+    thinking_policy: ThinkingPolicy = Field(default_factory=ThinkingPolicy)
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
@@ -138,6 +157,7 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
     def _build_estimator(self) -> Self:
         self._estimator = as_estimator(self.estimator, self.model, prompt=self.estimation_prompt,
                                        max_tokens=self.estimator_max_tokens)
+        thinking_target(self.model, self.thinking)  # a declared knob the model cannot carry fails here
         return self
 
     @property
@@ -172,15 +192,21 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
                              caller=item.budget, fixed=self.budget, limit=limit)
 
     def _cap(self, tokens: int | None) -> int | None:
-        if tokens is None or not self.hard_cap or not accepts_max_tokens(self.model):
+        if tokens is None or not self.hard_cap or not accepts_max_tokens(self.model) or thinks(self.model):
             return None
         own = model_max_tokens(self.model)
         return tokens + self.answer_reserve if own is None else min(own, tokens + self.answer_reserve)
 
-    def _header(self, budget: Budget, estimate: Estimate | None, cap: int | None) -> dict[str, Any]:
+    def _knob(self, target: ThinkingTarget | None, budget: Budget) -> ThinkingKnob | None:
+        if target is None or budget.tokens is None:
+            return None
+        return target.knob(budget, self.thinking_policy)
+
+    def _header(self, budget: Budget, estimate: Estimate | None, cap: int | None,
+                knob: ThinkingKnob | None = None) -> dict[str, Any]:
         name = None if estimate is None else self._estimator.name
         return {
-            **BudgetRecord.of(budget, name, estimate).to_dict(usage=to_usage_metadata),
+            **BudgetRecord.of(budget, name, estimate, thinking=knob).to_dict(usage=to_usage_metadata),
             "max_tokens": cap, "format": str(self.format), "prompt_version": PROMPT_VERSION,
         }
 
@@ -223,26 +249,34 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
                     ok = [i for i in ok if i not in set(need)]
                     got = []
             estimates = dict(zip(need, got))
-        headers, prompts, caps = {}, {}, {}
+        headers, prompts, caps, extras = {}, {}, {}, {}
+        target = thinking_target(self.model, self.thinking) if ok else None
         for i in ok:
             item, est = items[i], estimates.get(i)
             budget = self._budget(item, est)
-            caps[i] = self._cap(budget.tokens)
-            headers[i] = self._header(budget, est, caps[i])
-            prompts[i] = budgeted_messages(item.messages, item.index, item.question, budget.tokens,
+            knob = self._knob(target, budget)
+            if knob is not None and knob.applied:  # the knob carries the budget: no trigger, no TALE cap
+                caps[i], extras[i], in_prompt = None, target.call_kwargs(knob), None
+                headers[i] = self._header(budget, est, knob.max_tokens, knob)
+            else:
+                caps[i], extras[i], in_prompt = self._cap(budget.tokens), {}, budget.tokens
+                headers[i] = self._header(budget, est, caps[i], knob)
+            prompts[i] = budgeted_messages(item.messages, item.index, item.question, in_prompt,
                                            format=self.format, options=item.options)
         answers: dict[int, Any] = {}
         if ok:
             replies = yield ModelCall("answer", [prompts[i] for i in ok], [children[i].answer for i in ok],
-                                  [caps[i] for i in ok], [headers[i] for i in ok])
+                                      [caps[i] for i in ok], [headers[i] for i in ok], [extras[i] for i in ok])
             answers = dict(zip(ok, replies))
         fix = [i for i in ok if self._needs_repair(answers[i])]
         repairs: dict[int, Any] = {}
         if fix:
             cap = self.answer_reserve if accepts_max_tokens(self.model) else None
             turn = HumanMessage(repair_prompt(self.format))
+            # a thinking model's repair carries its knob (whose cap holds the thinking) instead of the small cap
             replies = yield ModelCall("repair", [[*prompts[i], answers[i], turn] for i in fix],
-                                  [children[i].repair for i in fix], [cap] * len(fix), [headers[i] for i in fix])
+                                      [children[i].repair for i in fix], [None if extras[i] else cap for i in fix],
+                                      [headers[i] for i in fix], [extras[i] for i in fix])
             repairs = dict(zip(fix, replies))
         for i in ok:
             answer = answers[i]

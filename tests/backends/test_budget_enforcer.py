@@ -118,3 +118,17 @@ def test_policy_floor_applies_before_enforcement(scripted_generator):
     tale = TalePipeline(gen, estimator=None, policy=BudgetPolicy(min_budget=15), max_tokens=300)
     result = tale.invoke("q", budget=15)
     assert result.usage.output_tokens <= 15 + 24
+
+
+def test_the_wrap_up_waits_for_a_character_cut_by_the_budget(tiny_tokenizer):
+    from tiny_models import build_chain_model
+
+    from tale_integrations.backends.hf import HFGenerator
+
+    # "é" is two byte-level tokens: a budget of 5 ends inside the third one
+    model = build_chain_model(tiny_tokenizer, {"Ċ": "Ã", "Ã": "©", "©": "Ã"}, default=" 7")
+    gen = HFGenerator.from_model(model, tiny_tokenizer, model_name="chain", enforce_budget=True)
+    [odd, even] = gen.generate([PROMPT, PROMPT], max_tokens=100, budgets=[5, 4])
+    assert odd.text.startswith("ééé\n\nThe final answer is [[") and odd.text.endswith("]]")
+    assert even.text.startswith("éé\n\nThe final answer is [[")
+    assert "\ufffd" not in odd.text and odd.usage.output_tokens <= 6 + 24

@@ -341,14 +341,6 @@ def test_bad_settings_fail_at_construction(tmp_path, sevens):
         ChatTaleHF.from_generator(sevens[0], device="cpu")
 
 
-def test_tools_and_structured_output_are_not_supported(sevens):
-    _, chat = sevens
-    with pytest.raises(NotImplementedError):
-        chat.bind_tools([])
-    with pytest.raises(NotImplementedError):
-        chat.with_structured_output({"title": "T", "type": "object", "properties": {}})
-
-
 def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
 

@@ -1,21 +1,18 @@
-"""LangChain's standard chat-model tests (langchain-tests) for `ChatTaleHF` on a tiny local model.
+"""LangChain's standard chat-model tests (langchain-tests) for `ChatTaleHF` on a tiny local model,
+with tool calling and structured output on (``constrain=True``: held to their schema while decoding).
 
 The model is a tiny Llama saved to a temporary folder and loaded through ``model_path``, the same
-path users take. Its weights are set so that greedy decoding emits the token " 7" at every step
-(all embeddings equal, the layers' output projections zeroed, one row of the output head set), so
-every answer is non-empty and deterministic, and it survives ``save_pretrained`` unchanged.
+path users take. It is scripted as a bigram model: each token's embedding is one of a few one-hot
+"states" and the layers pass it through unchanged (their output projections are zeroed), so the
+output head scores the next token from the previous token alone (`SCRIPT`). Under the JSON-schema
+constraint that is enough to answer the suites' tool calls as they expect (``{"input": 3}``, a
+non-empty string holding the Chinese and Japanese characters the unicode test looks for, a JSON
+object with "setup" and "punchline" keys); what the schema forces the constraint writes. Without
+tools it answers ``{"setup": "你好こ", "punchline": "meow"}`` and stops, deterministically.
 
 Standard tests that skip, each for a feature this local text model does not have (none is
-overridden or xfailed; the two unit tests marked "no-op" pass without checking anything):
+overridden or xfailed):
 
-* tool calling: test_bind_tool_pydantic (unit, no-op), test_tool_calling,
-  test_tool_calling_async, test_bind_runnables_as_tools, test_tool_message_histories_string_content,
-  test_tool_message_histories_list_content, test_tool_choice, test_tool_calling_with_no_arguments,
-  test_tool_message_error_status, test_structured_few_shot_examples, test_agent_loop,
-  test_unicode_tool_call_integration: no ``bind_tools`` (local tool calling is out of scope).
-* structured output: test_with_structured_output (unit, no-op), test_structured_output,
-  test_structured_output_async, test_structured_output_pydantic_2_v1,
-  test_structured_output_optional_param, test_json_mode: no ``with_structured_output``, no JSON mode.
 * other modalities: test_image_inputs, test_image_tool_message, test_pdf_inputs,
   test_pdf_tool_message, test_audio_inputs, test_anthropic_inputs: a text-only model.
 * test_invoke_with_model_override, test_ainvoke_with_model_override,
@@ -45,29 +42,37 @@ from tale_integrations.langchain import ChatTaleHF  # noqa: E402
 REMOTE_ONLY = {"api_key", "timeout", "max_retries"}
 
 
-def build_scripted_folder(folder, like, tokenizer, token_text: str = " 7"):
-    """Save a tiny model shaped ``like`` whose greedy decoding emits ``token_text`` forever.
+#: Tokens added to the tiny tokenizer for the script (each one token).
+SETUP, PUNCHLINE, UNICODE, MEOW, CLOSE = '{"setup": "', '", "punchline": "', "你好こ", "meow", '"}'
+#: The bigram script: after a token (a key; "" for any other token), the next tokens the model
+#: prefers, best first. Where the constraint allows none of them, the allowed token with the lowest
+#: id wins (all others score the same), which writes forced JSON byte by byte.
+SCRIPT = {
+    "": [SETUP, "{", "3", UNICODE],  # an answer opens a JSON object; a number is 3
+    '"': [UNICODE, CLOSE],  # a string value holds the unicode test's characters
+    SETUP: [UNICODE],
+    UNICODE: [PUNCHLINE, CLOSE, '"'],
+    PUNCHLINE: [MEOW],
+    MEOW: [CLOSE],
+    CLOSE: ["<|im_end|>"],
+    "3": ["}"],
+}
 
-    Every weight that matters is set here, so the result does not depend on the random init.
-    """
-    model = type(like)(like.config).eval()
-    token_id = tokenizer.convert_tokens_to_ids([token_text])[0]
-    with torch.no_grad():
-        model.model.embed_tokens.weight.fill_(1.0)  # every position sees the same hidden state...
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.lm_head.weight.zero_()
-        model.lm_head.weight[token_id] = 1.0  # ...which scores only this token
-    model.save_pretrained(folder, safe_serialization=True)
+
+def build_script_folder(folder):
+    """Save the tiny tokenizer (with the script's tokens) and a model that decodes `SCRIPT` greedily."""
+    from tiny_models import build_ranking_model, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_tokens([SETUP, PUNCHLINE, UNICODE, MEOW, CLOSE])
+    build_ranking_model(tokenizer, SCRIPT).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
 
 
 @pytest.fixture(scope="session")
-def scripted_model_dir(tmp_path_factory, tiny_model, tiny_tokenizer):
-    # Built from fixtures, not `from conftest import ...`: other test folders have a conftest.py too.
-    return build_scripted_folder(tmp_path_factory.mktemp("scripted-7"), tiny_model, tiny_tokenizer)
+def scripted_model_dir(tmp_path_factory):
+    return build_script_folder(tmp_path_factory.mktemp("scripted-tools"))
 
 
 class TinyScriptedModel:
@@ -86,29 +91,29 @@ class TinyScriptedModel:
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        return {"model_path": self.model_dir, "device": "cpu"}
+        return {"model_path": self.model_dir, "device": "cpu", "constrain": True}
 
     @property
     def standard_chat_model_params(self) -> dict[str, Any]:
         params = super().standard_chat_model_params  # type: ignore[misc]
-        # Short answers keep the suite fast (the integration suite sets no max_tokens).
-        return {**{k: v for k, v in params.items() if k not in REMOTE_ONLY}, "max_tokens": 12}
+        # Room for a tool call written byte by byte (the integration suite sets no max_tokens).
+        return {**{k: v for k, v in params.items() if k not in REMOTE_ONLY}, "max_tokens": 128}
 
     @property
     def has_tool_calling(self) -> bool:
-        return False
+        return True
 
     @property
     def has_tool_choice(self) -> bool:
-        return False
+        return True
 
     @property
     def has_structured_output(self) -> bool:
-        return False
+        return True
 
     @property
     def supports_json_mode(self) -> bool:
-        return False
+        return True
 
     @property
     def supports_image_inputs(self) -> bool:

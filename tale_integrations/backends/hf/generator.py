@@ -5,8 +5,11 @@ default the embedded SmolLM2-135M-Instruct (``loading.py``). It applies the chat
 prompts with left padding (one forward pass per step for the whole batch; ``decoding.py``), returns
 only the new text, counts tokens exactly from the ids, honours per-call ``max_tokens``, ``stop``
 and ``temperature``, streams token by token (``streaming.py``), and can hold answers to their
-budget while decoding (`BudgetEnforcer`, off by default). Weights load lazily, on first use. Its
-settings are one `HFSettings` (``settings.py``); its fast path has one switch (``fast_path.py``).
+budget while decoding (`BudgetEnforcer`, off by default). On a model whose chat template has a
+thinking block (``<think>``...) it returns the thinking apart from the answer (`Generation.reasoning`,
+``usage.reasoning_tokens``) and holds it to a per-prompt thinking budget (``backends/thinking.py``).
+Weights load lazily, on first use. Its settings are one `HFSettings` (``settings.py``); its fast
+path has one switch (``fast_path.py``).
 
 Needs the ``hf`` extra: ``pip install "tale-integrations[hf]"``.
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +29,18 @@ torch = require("torch", extra="hf", purpose="the local Hugging Face backend")
 transformers = require("transformers", extra="hf", purpose="the local Hugging Face backend")
 
 from ...core.budget import BudgetEnforcement  # noqa: E402
-from ...core.checks import check_positive_int  # noqa: E402
+from ...core.checks import check_int, check_positive_int  # noqa: E402
 from ...core.errors import PromptTooLongError, TaleTypeError, TaleValueError  # noqa: E402
 from ...core.generation import Generation, Message, StreamEvent, validate_messages  # noqa: E402
 from ...core.prompts import QuestionFormat  # noqa: E402
 from ...core.tokens import HFTokenizerCounter  # noqa: E402
 from ..embedded import EMBEDDED_MODEL_NAME, embedded_model_path  # noqa: E402
 from ..row_rules import RowRule  # noqa: E402
+from ..thinking import ThinkingMarkers  # noqa: E402
 from . import fast_path  # noqa: E402
 from .decoding import BatchDecoder  # noqa: E402
 from .loading import check_device, check_source, config_window, load_checkpoint, resolve_dtype  # noqa: E402
-from .settings import CallSettings, HFSettings  # noqa: E402
+from .settings import CallSettings, HFSettings, check_template_kwargs  # noqa: E402
 from .streaming import TokenQueue, astream_events, stream_events  # noqa: E402
 
 __all__ = ["HFGenerator"]
@@ -170,8 +174,12 @@ class HFGenerator:
         model.eval()
         cache_path = fast_path.prepare_model(model, enabled=self._fast_path_enabled, pack_weights=self.pack_weights,
                                              loaded_here=loaded_here)
+        thinking = self.settings.thinking
+        markers = None if thinking is None else ThinkingMarkers.detect(
+            tokenizer, chat_template=self.chat_template, markers=thinking.markers)
         self._decoder = BatchDecoder(model, tokenizer, model_name=self.model_name, enforcement=self.enforcement,
-                                     seed=self.seed, lock=self._generate_lock)
+                                     seed=self.seed, lock=self._generate_lock, thinking=markers,
+                                     thinking_enforcement=thinking)
         self._fast_path = cache_path
         self._tokenizer = tokenizer
         self._model = model
@@ -203,17 +211,31 @@ class HFGenerator:
         """A `TokenCounter` with this model's tokenizer."""
         return HFTokenizerCounter(self.tokenizer, name=self.model_name)
 
-    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
-        """Token ids of one conversation under the chat template, with the assistant turn opened."""
+    @property
+    def thinking_markers(self) -> ThinkingMarkers | None:
+        """The markers of the model's thinking block, read from its chat template (or `HFSettings.thinking`),
+        or None for a model without one (loads the model if needed)."""
+        return self.load()._decoder.thinking
+
+    def encode_chat(self, messages: Sequence[Message], *,
+                    chat_template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
+        """Token ids of one conversation under the chat template, with the assistant turn opened.
+
+        ``chat_template_kwargs`` (e.g. ``{"enable_thinking": False}``) go over `HFSettings.chat_template_kwargs`.
+        """
         conversation = validate_messages([messages])[0]
+        extra = {**(self.settings.chat_template_kwargs or {}),
+                 **(check_template_kwargs("chat_template_kwargs", chat_template_kwargs) or {})}
         encoded = self.tokenizer.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=True, return_dict=True, chat_template=self.chat_template
+            conversation, add_generation_prompt=True, tokenize=True, return_dict=True, chat_template=self.chat_template,
+            **extra,
         )
         return list(encoded["input_ids"])
 
     # -- generation ---------------------------------------------------------------------------
 
-    def _prepare(self, prompts: Any, max_tokens: Any, stop: Any, temperature: Any, budgets: Any) -> tuple:
+    def _prepare(self, prompts: Any, max_tokens: Any, stop: Any, temperature: Any, budgets: Any,
+                 thinking_budgets: Any = None, chat_template_kwargs: Any = None) -> tuple:
         """Check one call and encode its prompts: (ids per prompt, cap per prompt, stop list, temperature)."""
         conversations = validate_messages(prompts)
         per_prompt = isinstance(max_tokens, Sequence) and not isinstance(max_tokens, (str, bytes))
@@ -222,7 +244,14 @@ class HFGenerator:
                 f"max_tokens must be a positive int, None, or one of those per prompt; got {max_tokens!r}"
             )
         caps = list(max_tokens) if per_prompt else [max_tokens] * len(conversations)
-        caps = [check_positive_int("max_tokens", cap, optional=True) or self.max_new_tokens for cap in caps]
+        caps = [check_positive_int("max_tokens", cap, optional=True) for cap in caps]
+        if thinking_budgets is not None:
+            if isinstance(thinking_budgets, (str, bytes)) or not isinstance(thinking_budgets, Sequence) or len(
+                    thinking_budgets) != len(conversations):
+                raise TaleValueError(
+                    f"thinking_budgets must give one thinking budget (or None) per prompt, got {thinking_budgets!r}")
+            for b in thinking_budgets:
+                check_int("each thinking budget", b, low=0, optional=True)
         call = CallSettings(stop=stop, temperature=self.temperature if temperature is None else temperature)
         if budgets is not None:
             if self.enforcement is None and any(b is not None for b in budgets):
@@ -237,7 +266,7 @@ class HFGenerator:
         for i, conversation in enumerate(conversations):
             if not any(m["content"].strip() for m in conversation):
                 raise TaleValueError(f"prompts[{i}] is empty: every message has empty content; pass the text to answer")
-        encoded = [self.encode_chat(c) for c in conversations]
+        encoded = [self.encode_chat(c, chat_template_kwargs=chat_template_kwargs) for c in conversations]
         window = self.context_window
         for i, ids in enumerate(encoded):
             if len(ids) >= window:
@@ -245,7 +274,41 @@ class HFGenerator:
                     f"prompts[{i}] is {len(ids)} tokens, but {self.model_name!r} has a context window of "
                     f"{window} tokens (prompt and answer together); shorten the prompt"
                 )
+        if thinking_budgets is not None:
+            caps = self._thinking_caps(encoded, caps, thinking_budgets)
+        caps = [cap or self.max_new_tokens for cap in caps]
         return encoded, caps, list(call.stop) if call.stop else None, call.temperature
+
+    def _thinking_caps(self, encoded: list[list[int]], caps: list[int | None],
+                       thinking_budgets: Sequence[int | None]) -> list[int | None]:
+        """The caps of rows with a thinking budget: one a call left unset is raised to hold the budget,
+        the markers and the answer reserve; one it set must hold the markers and the reserve (the
+        budget is then shortened to fit, while decoding)."""
+        markers, policy = self._decoder.thinking, self.settings.thinking
+        if markers is None:
+            if any(b is not None for b in thinking_budgets):
+                raise TaleValueError(
+                    f"thinking budgets need a chat template with a thinking block, and {self.model_name!r} has "
+                    "none; give its markers with thinking=ThinkingEnforcement(markers=(start, end)), or pass no "
+                    "thinking budget"
+                )
+            return caps
+        out = list(caps)
+        for i, (ids, cap, budget) in enumerate(zip(encoded, caps, thinking_budgets, strict=True)):
+            state = markers.prompt_state(ids)
+            if budget is None or state == "closed":
+                continue
+            least = markers.overhead(state) + policy.answer_reserve
+            if cap is None:
+                out[i] = max(self.max_new_tokens, least + budget)
+            elif cap <= least:
+                raise TaleValueError(
+                    f"max_tokens={cap} leaves no room to think for prompts[{i}]: closing its thinking block and "
+                    f"keeping ThinkingEnforcement.answer_reserve={policy.answer_reserve} tokens for the answer takes "
+                    f"{least}, and thinking_budget={budget} needs {least + budget} in all; raise max_tokens (or leave "
+                    "it unset), or lower answer_reserve"
+                )
+        return out
 
     def generate(
         self,
@@ -258,6 +321,8 @@ class HFGenerator:
         answer_format: QuestionFormat | str = QuestionFormat.GSM8K,
         cancel: Sequence[threading.Event | None] | None = None,
         answer_rules: Sequence[Sequence[RowRule]] | None = None,
+        thinking_budgets: Sequence[int | None] | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> list[Generation]:
         """Generate one answer per conversation, batched. Safe to call from several threads.
 
@@ -267,10 +332,18 @@ class HFGenerator:
         event per prompt) ends a row early once its event is set (a server's disconnected client);
         ``answer_rules`` (one list per prompt) are extra decoding-time `RowRule` values for each answer
         (a structured-output constraint, for example).
+
+        On a model with a thinking block: ``thinking_budgets`` (one per prompt, None for no limit;
+        0 closes the block at once) hold each prompt's thinking, and the cap of a prompt with a budget
+        is raised to hold it, the markers and `ThinkingEnforcement.answer_reserve` when ``max_tokens``
+        is not given (a given cap must hold the markers and the reserve; the budget is shortened to
+        fit it). ``chat_template_kwargs`` (e.g. ``{"enable_thinking": False}``) go to the chat
+        template, over `HFSettings.chat_template_kwargs`.
         """
         if isinstance(prompts, Sequence) and not isinstance(prompts, (str, bytes)) and len(prompts) == 0:
             return []
-        encoded, caps, stop, temperature = self._prepare(prompts, max_tokens, stop, temperature, budgets)
+        encoded, caps, stop, temperature = self._prepare(prompts, max_tokens, stop, temperature, budgets,
+                                                         thinking_budgets, chat_template_kwargs)
         budgets = list(budgets) if budgets is not None else [None] * len(encoded)
         if cancel is not None and len(cancel) != len(encoded):
             raise TaleValueError("cancel must give one event (or None) per prompt")
@@ -278,6 +351,7 @@ class HFGenerator:
         if answer_rules is not None and len(answer_rules) != len(encoded):
             raise TaleValueError("answer_rules must give one list of rules (possibly empty) per prompt")
         extra = [list(r) for r in answer_rules] if answer_rules is not None else [[] for _ in encoded]
+        thinking = list(thinking_budgets) if thinking_budgets is not None else [None] * len(encoded)
         results: list[Generation | None] = [None] * len(encoded)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         for start in range(0, len(order), self.max_batch_size):
@@ -285,7 +359,7 @@ class HFGenerator:
             generations = self._decoder.run(
                 [encoded[i] for i in chunk], [caps[i] for i in chunk], stop, temperature, [budgets[i] for i in chunk],
                 answer_format, cache_path=self._fast_path, cancel=[cancel[i] for i in chunk],
-                answer_rules=[extra[i] for i in chunk],
+                answer_rules=[extra[i] for i in chunk], thinking_budgets=[thinking[i] for i in chunk],
             )
             for i, gen in zip(chunk, generations):
                 results[i] = gen
@@ -297,15 +371,21 @@ class HFGenerator:
         return await asyncio.to_thread(self.generate, prompts, **kwargs)
 
     def _decode_one(self, prepared: tuple, budget: int | None, answer_format: QuestionFormat | str,
-                    answer_rules: Sequence[RowRule]) -> Callable[[TokenQueue], Generation]:
+                    answer_rules: Sequence[RowRule],
+                    thinking_budget: int | None) -> Callable[[TokenQueue], Generation]:
         """The decoding of one prepared prompt, feeding its tokens to the queue it is given (for streams)."""
         encoded, caps, stop, temperature = prepared
 
         def decode(tokens: TokenQueue) -> Generation:
             return self._decoder.run(encoded, caps, stop, temperature, [budget], answer_format,
-                                     cache_path=self._fast_path, streamer=tokens, answer_rules=[list(answer_rules)])[0]
+                                     cache_path=self._fast_path, streamer=tokens, answer_rules=[list(answer_rules)],
+                                     thinking_budgets=[thinking_budget])[0]
 
         return decode
+
+    def _tracker(self, prepared: tuple) -> Any:
+        markers = self._decoder.thinking
+        return None if markers is None else markers.tracker(prepared[0][0])
 
     def stream(
         self,
@@ -317,17 +397,22 @@ class HFGenerator:
         budget: int | None = None,
         answer_format: QuestionFormat | str = QuestionFormat.GSM8K,
         answer_rules: Sequence[RowRule] = (),
+        thinking_budget: int | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> Iterator[StreamEvent]:
         """Stream one answer token by token.
 
-        Yields `StreamEvent` values whose texts join to the final text; the last one carries the
+        Yields `StreamEvent` values whose texts join to the final text (and whose ``reasoning``
+        deltas join to its thinking, on a model with a thinking block); the last one carries the
         complete `Generation` (usage, finish reason). Text that might be the start of a stop string
         is held back until it is known not to be. Closing the iterator early stops the generation.
-        Bad arguments raise here, before the first event.
+        Bad arguments raise here, before the first event. ``thinking_budget`` and
+        ``chat_template_kwargs`` are as in `generate`.
         """
-        prepared = self._prepare([messages], max_tokens, stop, temperature, [budget])
-        decode = self._decode_one(prepared, budget, answer_format, answer_rules)
-        return stream_events(self._tokenizer, prepared[2], self._decoder.eos_ids, decode)
+        prepared = self._prepare([messages], max_tokens, stop, temperature, [budget],
+                                 None if thinking_budget is None else [thinking_budget], chat_template_kwargs)
+        decode = self._decode_one(prepared, budget, answer_format, answer_rules, thinking_budget)
+        return stream_events(self._tokenizer, prepared[2], self._decoder.eos_ids, decode, self._tracker(prepared))
 
     async def astream(
         self,
@@ -339,12 +424,16 @@ class HFGenerator:
         budget: int | None = None,
         answer_format: QuestionFormat | str = QuestionFormat.GSM8K,
         answer_rules: Sequence[RowRule] = (),
+        thinking_budget: int | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """Async twin of `stream`: decoding runs in a worker thread and the event loop only waits on
         its token queue; leaving the loop early (or cancelling the task) stops the generation."""
-        prepared = await asyncio.to_thread(self._prepare, [messages], max_tokens, stop, temperature, [budget])
-        decode = self._decode_one(prepared, budget, answer_format, answer_rules)
-        async for event in astream_events(self._tokenizer, prepared[2], self._decoder.eos_ids, decode):
+        prepared = await asyncio.to_thread(self._prepare, [messages], max_tokens, stop, temperature, [budget],
+                                           None if thinking_budget is None else [thinking_budget], chat_template_kwargs)
+        decode = self._decode_one(prepared, budget, answer_format, answer_rules, thinking_budget)
+        async for event in astream_events(self._tokenizer, prepared[2], self._decoder.eos_ids, decode,
+                                          self._tracker(prepared)):
             yield event
 
     def __repr__(self) -> str:

@@ -6,6 +6,9 @@ is made. `HFGenerator` takes one (or the same names as keyword arguments); the f
 `ChatTaleHF` (LangChain) and `TaleHFLLM` (LlamaIndex) build one from their fields, the same way
 (``wrappers.py``).
 
+`ThinkingEnforcement` holds how thinking budgets are kept on a model whose chat template has a
+thinking block (``backends/thinking.py``); it is the ``thinking`` setting.
+
 `CallSettings` is the checked settings of one call: `HFGenerator`'s own, or a framework class's
 keyword arguments (`CALL_ARGUMENTS`) resolved over the class's defaults by `CallSettings.resolve`,
 so both classes take the same per-call names and refuse the same unknown ones (a `TypeError`
@@ -22,6 +25,7 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from ...core.budget import BudgetEnforcement
@@ -31,6 +35,7 @@ from ...core.prompts import QuestionFormat
 
 __all__ = [
     "CALL_ARGUMENTS", "DEFAULT_MAX_NEW_TOKENS", "DTYPE_NAMES", "CallSettings", "ConflictingSettings", "HFSettings",
+    "ThinkingEnforcement", "check_template_kwargs",
 ]
 
 #: Output cap of a call that gives none, for `HFGenerator` and the framework classes alike.
@@ -39,7 +44,11 @@ DEFAULT_MAX_NEW_TOKENS = 512
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
                "float16": "float16", "fp16": "float16", "auto": "auto"}
 #: Per-call keyword arguments of the framework classes (``max_new_tokens`` is an alias of ``max_tokens``).
-CALL_ARGUMENTS = ("max_tokens", "max_new_tokens", "stop", "temperature", "budget", "answer_format")
+CALL_ARGUMENTS = ("max_tokens", "max_new_tokens", "stop", "temperature", "budget", "answer_format", "thinking_budget",
+                  "chat_template_kwargs")
+#: Arguments of ``apply_chat_template`` that the backend sets itself, so ``chat_template_kwargs`` may not.
+_OWN_TEMPLATE_ARGUMENTS = frozenset({"conversation", "messages", "add_generation_prompt", "tokenize", "return_dict",
+                                     "chat_template", "return_tensors", "continue_final_message"})
 
 
 def _is_torch_dtype(value: Any) -> bool:
@@ -54,6 +63,54 @@ def _check_path(name: str, value: Any, what: str) -> None:
 def _check_text(name: str, value: Any, what: str) -> None:
     if value is not None and (not isinstance(value, str) or not value.strip()):
         raise TaleValueError(f"{name} must be {what}, got {value!r}")
+
+
+def check_template_kwargs(name: str, value: Any) -> Mapping[str, Any] | None:
+    """Extra chat-template arguments (``{"enable_thinking": False}``), as a read-only mapping, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise TaleTypeError(f"{name} must be a dict of template arguments such as {{'enable_thinking': False}}, "
+                            f"got {value!r}")
+    own = sorted(_OWN_TEMPLATE_ARGUMENTS & set(value))
+    if own:
+        raise TaleValueError(f"{name} may not set {own}: the backend sets them itself")
+    return MappingProxyType(dict(value))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThinkingEnforcement:
+    """How thinking budgets are kept on a model whose chat template has a thinking block
+    (``backends/thinking.py``: `ThinkingBudget`).
+
+    Attributes:
+        markers: The block's (start, end) text, e.g. ``("<think>", "</think>")``; None (default)
+            reads them from the chat template (`backends.thinking.KNOWN_MARKERS`).
+        answer_reserve: Output tokens kept for the answer after a budgeted block: the output cap is
+            raised to hold the budget, the markers and this reserve when a call gives none, and a
+            budget that a call's own cap cannot hold is shortened to fit. Default 256.
+        hint_at: Fraction of the budget (above 0, below 1) at which `core.prompts.THINKING_WRAP_UP`
+            is written into the block; None (default) for no hint.
+    """
+
+    markers: tuple[str, str] | None = None
+    answer_reserve: int = 256
+    hint_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.markers is not None:
+            markers = tuple(self.markers) if isinstance(self.markers, (list, tuple)) else None
+            if markers is None or len(markers) != 2 or not all(isinstance(m, str) and m.strip() for m in markers):
+                raise TaleValueError("ThinkingEnforcement.markers must be two non-empty strings (start, end), "
+                                     f"e.g. ('<think>', '</think>'), got {self.markers!r}")
+            object.__setattr__(self, "markers", markers)
+        check_int("ThinkingEnforcement.answer_reserve", self.answer_reserve, low=1)
+        check_number("ThinkingEnforcement.hint_at", self.hint_at, above=0, high=0.99, optional=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form."""
+        return {"markers": None if self.markers is None else list(self.markers),
+                "answer_reserve": self.answer_reserve, "hint_at": self.hint_at}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,6 +148,11 @@ class HFSettings:
         allow_unfinished: Load a TALE-PT output folder whose training has not finished (its
             ``tale_pt.json`` not yet written). Off by default: such a folder is refused, as its
             adapter may be missing or partial (``loading.check_source``).
+        chat_template_kwargs: Extra arguments of the chat template for every call, e.g.
+            ``{"enable_thinking": False}``; a call's own ``chat_template_kwargs`` are applied over them.
+        thinking: How thinking blocks are handled (`ThinkingEnforcement`): their text returned apart
+            as `Generation.reasoning` and budgets held while decoding. None turns that off (a
+            thinking block then stays in the text).
     """
 
     model: str | os.PathLike[str] | None = None
@@ -109,6 +171,8 @@ class HFSettings:
     pack_weights: bool | None = None
     chat_template: str | None = None
     allow_unfinished: bool = False
+    chat_template_kwargs: Mapping[str, Any] | None = None
+    thinking: ThinkingEnforcement | None = ThinkingEnforcement()
 
     def __post_init__(self) -> None:
         _check_path("model", self.model, "a path or a hub id")
@@ -137,6 +201,10 @@ class HFSettings:
         _check_text("chat_template", self.chat_template,
                     "a non-empty Jinja template string, or None for the model's own")
         check_flag("allow_unfinished", self.allow_unfinished)
+        object.__setattr__(self, "chat_template_kwargs",
+                           check_template_kwargs("chat_template_kwargs", self.chat_template_kwargs))
+        if self.thinking is not None and not isinstance(self.thinking, ThinkingEnforcement):
+            raise TaleTypeError(f"thinking must be a ThinkingEnforcement or None, got {type(self.thinking).__name__}")
 
     @property
     def enforcement(self) -> BudgetEnforcement | None:
@@ -155,6 +223,10 @@ class HFSettings:
             values["dtype"] = str(self.dtype).removeprefix("torch.")
         if isinstance(self.enforce_budget, BudgetEnforcement):
             values["enforce_budget"] = self.enforce_budget.to_dict()
+        if self.chat_template_kwargs is not None:
+            values["chat_template_kwargs"] = dict(self.chat_template_kwargs)
+        if self.thinking is not None:
+            values["thinking"] = self.thinking.to_dict()
         return values
 
     def updated(self, owner: str, changes: Mapping[str, Any]) -> HFSettings:
@@ -176,6 +248,9 @@ class CallSettings:
         temperature: Sampling temperature from 0 (greedy) to 2.
         budget: Token budget enforced while decoding (the generator needs ``enforce_budget``).
         answer_format: The `QuestionFormat` whose wrap-up text the budget enforcer writes.
+        thinking_budget: Tokens the model may spend inside its thinking block (0 closes it at once);
+            needs a chat template with a thinking block.
+        chat_template_kwargs: Extra chat-template arguments, e.g. ``{"enable_thinking": False}``.
     """
 
     max_tokens: int | None = None
@@ -183,11 +258,16 @@ class CallSettings:
     temperature: float | None = None
     budget: int | None = None
     answer_format: QuestionFormat | str | None = None
+    thinking_budget: int | None = None
+    chat_template_kwargs: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_positive_int("max_tokens", self.max_tokens, optional=True)
         check_number("temperature", self.temperature, low=0, high=2, optional=True, hint=" (0 = greedy)")
         check_positive_int("budget", self.budget, optional=True)
+        check_int("thinking_budget", self.thinking_budget, low=0, optional=True)
+        object.__setattr__(self, "chat_template_kwargs",
+                           check_template_kwargs("chat_template_kwargs", self.chat_template_kwargs))
         if self.answer_format is not None:
             try:
                 QuestionFormat(self.answer_format)
@@ -204,7 +284,8 @@ class CallSettings:
 
     def resolve(self, owner: str, kwargs: Mapping[str, Any], *, stop: Any = None,
                 framework: frozenset[str] = frozenset()) -> CallSettings:
-        """One call's settings: its keyword arguments over these defaults (a None argument keeps the default).
+        """One call's settings: its keyword arguments over these defaults (a None argument keeps the default;
+        ``chat_template_kwargs`` are applied over the default ones).
 
         Args:
             owner: The class's name, for messages.
@@ -234,6 +315,9 @@ class CallSettings:
             )
         if cap is not None or alias is not None:
             given["max_tokens"] = cap if cap is not None else alias
+        extra = check_template_kwargs("chat_template_kwargs", given.get("chat_template_kwargs"))
+        if extra is not None and self.chat_template_kwargs:  # a call's template arguments go over the defaults
+            given["chat_template_kwargs"] = {**self.chat_template_kwargs, **extra}
         return dataclasses.replace(self, **given) if given else self
 
     def check_enforced(self, owner: str, enforcing: bool) -> CallSettings:
@@ -250,12 +334,16 @@ class CallSettings:
         """Keyword arguments of `HFGenerator.stream` for one conversation."""
         kwargs = {"max_tokens": self.max_tokens, "stop": self.stop, "temperature": self.temperature,
                   "budget": self.budget}
-        if self.answer_format is not None:  # else the generator's default format
-            kwargs["answer_format"] = self.answer_format
+        # Each of these only when set, else the generator's default.
+        for name in ("answer_format", "thinking_budget", "chat_template_kwargs"):
+            if getattr(self, name) is not None:
+                kwargs[name] = getattr(self, name)
         return kwargs
 
     def for_generate(self, n: int) -> dict[str, Any]:
-        """Keyword arguments of `HFGenerator.generate` for ``n`` conversations (the budget given to each)."""
+        """Keyword arguments of `HFGenerator.generate` for ``n`` conversations (the budgets given to each)."""
         kwargs = self.for_stream()
         budget = kwargs.pop("budget")
+        if "thinking_budget" in kwargs:
+            kwargs["thinking_budgets"] = [kwargs.pop("thinking_budget")] * n
         return {**kwargs, "budgets": None if budget is None else [budget] * n}

@@ -1,5 +1,7 @@
 """Token-by-token streaming for `HFGenerator`: a queue that ``generate`` feeds new token ids into, and
-the text deltas made from them, holding back any tail that could still grow into a stop string."""
+the text deltas made from them, holding back any tail that could still grow into a stop string. On a
+model with a thinking block the thinking comes as `StreamEvent.reasoning` deltas, split as the final
+`Generation` splits it (``backends/thinking.py``), and the stop strings apply to the answer only."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 
 from ..._optional import require
 from ...core.generation import Generation, StreamEvent
+from ..thinking import ThinkingTracker
 
 torch = require("torch", extra="hf", purpose="the local Hugging Face backend")
 transformers = require("transformers", extra="hf", purpose="the local Hugging Face backend")
@@ -74,30 +77,58 @@ def safe_prefix(text: str, stop: Sequence[str] | None) -> str:
     return text
 
 
-class TextAssembler:
-    """Turns new token ids into text deltas that are safe to show (see `safe_prefix`)."""
+def _delta(shown: str, emitted: str) -> str:
+    return shown[len(emitted) :] if len(shown) > len(emitted) and shown.startswith(emitted) else ""
 
-    def __init__(self, tokenizer: Any, stop: Sequence[str] | None, eos_ids: set[int]) -> None:
-        self.tokenizer, self.stop, self.eos_ids = tokenizer, stop, eos_ids
+
+class TextAssembler:
+    """Turns new token ids into text (and thinking) deltas that are safe to show (see `safe_prefix`).
+
+    ``thinking`` is the row's `ThinkingTracker` on a model with a thinking block, else None.
+    """
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str] | None, eos_ids: set[int],
+                 thinking: ThinkingTracker | None = None) -> None:
+        self.tokenizer, self.stop, self.eos_ids, self.thinking = tokenizer, stop, eos_ids, thinking
         self.ids: list[int] = []
         self.emitted = ""
+        self.emitted_reasoning = ""
 
     def feed(self, new_ids: list[int]) -> str:
-        """The text to show for these new ids (may be empty)."""
+        """The text to show for these new ids (may be empty); the thinking to show is `feed_event`'s."""
+        return self.feed_event(new_ids).text
+
+    def feed_event(self, new_ids: list[int]) -> StreamEvent:
+        """The text and thinking to show for these new ids (either may be empty)."""
         self.ids.extend(t for t in new_ids if t not in self.eos_ids)
-        shown = safe_prefix(self.tokenizer.decode(self.ids, skip_special_tokens=True), self.stop)
-        if len(shown) > len(self.emitted) and shown.startswith(self.emitted):
-            delta, self.emitted = shown[len(self.emitted) :], shown
-            return delta
-        return ""
+        tracker, reasoning = self.thinking, ""
+        if tracker is None:
+            answer = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        else:
+            tracker.advance(self.ids)
+            thought = tracker.reasoning_text(self.ids)
+            if thought is not None:
+                end = None if tracker.answer_start is not None or not tracker.markers.end_in_text else [
+                    tracker.markers.end]
+                reasoning = _delta(safe_prefix(thought, end).strip(), self.emitted_reasoning)
+                self.emitted_reasoning += reasoning
+            if tracker.answer_start is None:
+                return StreamEvent(text="", reasoning=reasoning)
+            answer = self.tokenizer.decode(self.ids[tracker.answer_start :], skip_special_tokens=True)
+            if tracker.thought:
+                answer = answer.lstrip()
+        text = _delta(safe_prefix(answer, self.stop), self.emitted)
+        self.emitted += text
+        return StreamEvent(text=text, reasoning=reasoning)
 
     def finish(self, outcome: dict[str, Any]) -> StreamEvent:
-        """The last event (the rest of the text and the final `Generation`), or the worker's error."""
+        """The last event (the rest of the text and thinking, and the final `Generation`), or the worker's error."""
         if "error" in outcome:
             raise outcome["error"]
         final = outcome["generation"]
-        rest = final.text[len(self.emitted) :] if final.text.startswith(self.emitted) else ""
-        return StreamEvent(text=rest, final=final)
+        thought = final.reasoning or ""
+        return StreamEvent(text=_delta(final.text, self.emitted), final=final,
+                           reasoning=_delta(thought, self.emitted_reasoning))
 
 
 def is_done(item: Any) -> bool:
@@ -128,17 +159,20 @@ def start(decode: Callable[[TokenQueue], Generation]) -> tuple[TokenQueue, threa
 
 
 def stream_events(tokenizer: Any, stop: Sequence[str] | None, eos_ids: set[int],
-                  decode: Callable[[TokenQueue], Generation]) -> Iterator[StreamEvent]:
+                  decode: Callable[[TokenQueue], Generation],
+                  thinking: ThinkingTracker | None = None) -> Iterator[StreamEvent]:
     """Run ``decode`` and turn its tokens into `StreamEvent` values; the last carries the final `Generation`.
 
     Nothing runs before the first event is asked for; closing the iterator early stops the generation.
+    ``thinking``: the row's `ThinkingTracker` on a model with a thinking block.
     """
     tokens, thread, outcome = start(decode)
-    assembler = TextAssembler(tokenizer, stop, eos_ids)
+    assembler = TextAssembler(tokenizer, stop, eos_ids, thinking)
     try:
         while not is_done(item := tokens.queue.get()):
-            if delta := assembler.feed(item):
-                yield StreamEvent(text=delta)
+            event = assembler.feed_event(item)
+            if event.text or event.reasoning:
+                yield event
         yield assembler.finish(outcome)
     finally:
         tokens.cancel()
@@ -146,14 +180,16 @@ def stream_events(tokenizer: Any, stop: Sequence[str] | None, eos_ids: set[int],
 
 
 async def astream_events(tokenizer: Any, stop: Sequence[str] | None, eos_ids: set[int],
-                         decode: Callable[[TokenQueue], Generation]) -> AsyncIterator[StreamEvent]:
+                         decode: Callable[[TokenQueue], Generation],
+                         thinking: ThinkingTracker | None = None) -> AsyncIterator[StreamEvent]:
     """Async twin of `stream_events`: the event loop only waits on the token queue, never on the model."""
     tokens, thread, outcome = start(decode)
-    assembler = TextAssembler(tokenizer, stop, eos_ids)
+    assembler = TextAssembler(tokenizer, stop, eos_ids, thinking)
     try:
         while not is_done(item := await asyncio.to_thread(tokens.queue.get)):
-            if delta := assembler.feed(item):
-                yield StreamEvent(text=delta)
+            event = assembler.feed_event(item)
+            if event.text or event.reasoning:
+                yield event
         yield assembler.finish(outcome)
     finally:
         tokens.cancel()

@@ -87,7 +87,8 @@ def wrap_generator(cls: type[T], generator: Any, fields: Mapping[str, Any]) -> T
 
 def _defaults(owner: Any, cap: str) -> CallSettings:
     return CallSettings(max_tokens=getattr(owner, cap), stop=getattr(owner, "stop", None),
-                        temperature=owner.temperature, budget=owner.budget)
+                        temperature=owner.temperature, budget=owner.budget, thinking_budget=owner.thinking_budget,
+                        chat_template_kwargs=owner.chat_template_kwargs)
 
 
 def _enforcing(generator: Any) -> bool:
