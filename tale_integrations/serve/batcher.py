@@ -1,17 +1,24 @@
-"""Micro-batching: concurrent requests answered by one batched generation.
+"""The server's two ways to share the model: micro-batching and continuous batching.
 
-`MicroBatcher` runs an asyncio task that collects waiting requests for up to ``window_ms`` after
-the first one arrives (or until ``max_batch_size`` are waiting), groups them by the decoding
-settings one batched call must share (temperature and stop strings), and runs ONE
-``generator.generate`` call per group on a single worker thread, with per-row output caps, per-row
-budgets and per-row cancel events. (A group is split only where a long prompt would leave a
-neighbour less room in the context window than its cap: see `MicroBatcher._fit`.) While the worker is busy, new requests queue up and form the
-next batch, so a loaded server batches without waiting for the window.
+`ContinuousBatcher` (the default of ``tale serve``) is the event loop's face of the HF backend's
+`StepScheduler`: requests, streamed or not, join the running batch at the next decoding step and
+leave when they finish or their client goes away (see ``backends/hf/scheduler.py``).
+
+`MicroBatcher` (``--scheduler microbatch``) is the earlier design, kept for comparison: an
+asyncio task collects waiting requests for up to ``window_ms`` after the first one arrives (or
+until ``max_batch_size`` are waiting), groups them by the decoding settings one batched call must
+share (temperature and stop strings), and runs ONE ``generator.generate`` call per group on a
+single worker thread, with per-row output caps, per-row budgets and per-row cancel events. (A
+group is split only where a long prompt would leave a neighbour less room in the context window
+than its cap: see `MicroBatcher._fit`.) While the worker is busy, new requests queue up and form
+the next batch, so a loaded server batches without waiting for the window; but a request that
+arrives while a batch runs waits for the whole batch to finish.
 
 A request whose cancel event is set before its batch starts is dropped; once started, the backend
 ends that row at the next decoding step. If a batched call fails, each of its rows is retried
 alone, so one bad request cannot fail its neighbours.
 
+Both take the same ``submit`` and bound their waiting queue (``max_queue``: past it, `QueueFull`).
 This module needs no web framework: it batches for any caller with an event loop.
 """
 
@@ -20,17 +27,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.checks import check_number, check_positive_int
-from ..core.errors import BatcherClosed, JobCancelled
-from ..core.generation import BaseGenerator, Generation, Message, Sampling
+from ..core.errors import BatcherClosed, JobCancelled, QueueFull
+from ..core.generation import BaseGenerator, Generation, Message, Sampling, StreamEvent
 from ..core.prompts import QuestionFormat
 
-__all__ = ["BatchedGenerator", "BatcherClosed", "JobCancelled", "MicroBatcher"]
+__all__ = ["BatchedGenerator", "BatcherClosed", "ContinuousBatcher", "JobCancelled", "MicroBatcher", "QueueFull"]
+
+_END = object()
 
 
 @dataclass(eq=False, slots=True)
@@ -53,6 +62,7 @@ class MicroBatcher:
         max_batch_size: Most requests in one batch. 1 turns batching off (one request at a time).
         window_ms: How long to wait for more requests after the first one arrives.
         answer_format: Wrap-up text of the budget enforcer (the server's prompts use ``chat``).
+        max_queue: Most requests waiting for a batch; past it `submit` raises `QueueFull`. None: no limit.
     """
 
     def __init__(
@@ -62,11 +72,13 @@ class MicroBatcher:
         max_batch_size: int = 16,
         window_ms: float = 10.0,
         answer_format: QuestionFormat | str = QuestionFormat.CHAT,
+        max_queue: int | None = None,
     ) -> None:
         check_positive_int("max_batch_size", max_batch_size)
         check_number("window_ms", window_ms, low=0, high=10_000, hint=" (milliseconds)")
         self.generator = generator
         self.max_batch_size = max_batch_size
+        self.max_queue = check_positive_int("max_queue", max_queue, optional=True)
         self.window = window_ms / 1000
         self.answer_format = QuestionFormat(answer_format)
         #: How many batched calls of each size ran (for tests, logs and benchmarks).
@@ -76,11 +88,39 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
+        self._generating: list[_Job] = []
 
     @property
     def running(self) -> bool:
         """Whether the batcher takes requests."""
-        return self._task is not None and not self._closing
+        return self._task is not None and not self._closing and self.alive
+
+    @property
+    def alive(self) -> bool:
+        """Whether the collecting task is healthy (not started yet, running, or closed normally)."""
+        task = self._task
+        return task is None or not task.done() or (not task.cancelled() and task.exception() is None)
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a batch."""
+        return len(self._pending)
+
+    def stats(self) -> dict[str, Any]:
+        """``waiting``, ``batch_sizes`` (how many batched calls ran at each size) and ``alive``."""
+        return {"waiting": self.waiting, "batch_sizes": dict(sorted(self.batch_sizes.items())), "alive": self.alive}
+
+    def new_cancel(self) -> threading.Event:
+        """A cancel event for `submit`."""
+        return threading.Event()
+
+    def check_room(self) -> None:
+        """Raise `QueueFull` (or `BatcherClosed`) now if a request would be refused."""
+        if not self.running:
+            raise BatcherClosed("the server is shutting down and takes no new requests")
+        if self.max_queue is not None and len(self._pending) >= self.max_queue:
+            raise QueueFull(f"the server is busy: {len(self._pending)} requests are waiting (the limit is "
+                            f"{self.max_queue}); retry later")
 
     async def start(self) -> None:
         """Start the collecting task and the worker thread (call from the serving event loop)."""
@@ -90,14 +130,25 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tale-serve-batch")
         self._task = asyncio.create_task(self._collect(), name="tale-serve-batcher")
 
-    async def close(self) -> None:
-        """Stop taking requests, finish every request already waiting, then stop the worker."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop taking requests, finish every request already waiting, then stop the worker. After
+        ``timeout`` seconds (None: no limit) the requests still waiting fail with `BatcherClosed` and
+        those generating are cancelled (they end at their next decoding step)."""
         if self._task is None or self._closing:
             return
         self._closing = True
         assert self._arrived is not None
         self._arrived.set()
-        await self._task
+        done, _ = await asyncio.wait({self._task}, timeout=timeout)
+        if not done:
+            late = BatcherClosed("the server shut down before this request was finished")
+            while self._pending:
+                job = self._pending.popleft()
+                job.cancel.set()
+                _settle(job.future, error=late)
+            for job in self._generating:
+                job.cancel.set()
+            await asyncio.wait({self._task})
         assert self._executor is not None
         self._executor.shutdown(wait=True)
 
@@ -117,8 +168,7 @@ class MicroBatcher:
             BatcherClosed: the batcher is not running.
             JobCancelled: ``cancel`` was set before the request was generated.
         """
-        if not self.running:
-            raise BatcherClosed("the server is shutting down and takes no new requests")
+        self.check_room()
         assert self._arrived is not None
         job = _Job(
             messages=[dict(m) for m in messages],
@@ -175,8 +225,12 @@ class MicroBatcher:
             groups.setdefault((job.temperature, job.stop), []).append(job)
         loop = asyncio.get_running_loop()
         for jobs in groups.values():
-            outcomes = await loop.run_in_executor(self._executor, self._generate, jobs)
-            for job, outcome in zip(jobs, outcomes):
+            self._generating = jobs
+            try:
+                outcomes = await loop.run_in_executor(self._executor, self._generate, jobs)
+            finally:
+                self._generating = []
+            for job, outcome in zip(jobs, outcomes, strict=True):
                 if isinstance(outcome, Generation):
                     _settle(job.future, result=outcome)
                 else:
@@ -186,7 +240,7 @@ class MicroBatcher:
         """The group's batched calls (in the worker thread), results in the group's order."""
         outcomes: dict[int, Generation | Exception] = {}
         for batch in self._fit(jobs):
-            for job, outcome in zip(batch, self._generate_batch(batch)):
+            for job, outcome in zip(batch, self._generate_batch(batch), strict=True):
                 outcomes[id(job)] = outcome
         return [outcomes[id(job)] for job in jobs]
 
@@ -253,8 +307,141 @@ def _settle(future: asyncio.Future[Generation], *, result: Generation | None = N
         future.set_result(result)  # type: ignore[arg-type]
 
 
+class ContinuousBatcher:
+    """Continuous batching for the server: the event loop's face of a `StepScheduler`.
+
+    ``submit`` is `MicroBatcher`'s; `open_stream` starts a streamed request whose text deltas come
+    from the same batch. The scheduler's thread owns the model; the event loop only waits.
+
+    Args:
+        generator: The `HFGenerator`.
+        max_rows: Most rows decoding at once. Default 16.
+        max_queue: Most requests waiting to join the batch; past it `QueueFull`. Default 256.
+        prefill_tokens: Most prompt tokens prefilled between two decoding steps. Default 256.
+        answer_format: Wrap-up text of the budget enforcer (the server's prompts use ``chat``).
+    """
+
+    def __init__(self, generator: Any, *, max_rows: int = 16, max_queue: int = 256, prefill_tokens: int = 256,
+                 answer_format: QuestionFormat | str = QuestionFormat.CHAT) -> None:
+        from ..backends.hf.scheduler import StepScheduler
+
+        self.generator = generator
+        self.scheduler = StepScheduler(generator, max_rows=max_rows, max_waiting=max_queue,
+                                       prefill_tokens=prefill_tokens, answer_format=answer_format)
+
+    @property
+    def max_batch_size(self) -> int:
+        """Most rows decoding together."""
+        return self.scheduler.max_rows
+
+    @property
+    def running(self) -> bool:
+        """Whether the batcher takes requests."""
+        return self.scheduler.running
+
+    @property
+    def alive(self) -> bool:
+        """Whether the scheduler's loop is healthy."""
+        return self.scheduler.alive
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting to join the batch."""
+        return self.scheduler.waiting
+
+    def stats(self) -> dict[str, Any]:
+        """The scheduler's counters (`StepScheduler.stats`)."""
+        return self.scheduler.stats()
+
+    def new_cancel(self) -> threading.Event:
+        """A cancel event for `submit` and `open_stream` (it records the step it was set at)."""
+        return self.scheduler.new_cancel()
+
+    def check_room(self) -> None:
+        """Raise `QueueFull` (or `BatcherClosed`) now if a request would be refused."""
+        self.scheduler.check_room()
+
+    async def start(self) -> None:
+        """Load the model and start the scheduler's thread."""
+        await asyncio.to_thread(self.scheduler.start)
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Stop taking requests; those in flight finish, or after ``timeout`` seconds fail with `BatcherClosed`."""
+        await asyncio.to_thread(self.scheduler.close, timeout)
+
+    async def submit(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: Sequence[str] = (),
+        budget: int | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Generation:
+        """Generate one conversation in the running batch and return its `Generation`.
+
+        Raises:
+            QueueFull: too many requests are waiting.
+            BatcherClosed: the batcher is not running.
+            JobCancelled: ``cancel`` was set before the request finished.
+        """
+        row = await asyncio.to_thread(self.scheduler.submit, messages, max_tokens=max_tokens,
+                                      stop=list(stop) or None, temperature=temperature, budget=budget, cancel=cancel)
+        try:
+            return await row.aresult()
+        finally:
+            if not row.future.done() and cancel is not None:
+                cancel.set()  # this coroutine was cancelled: its row leaves at the next step
+
+    async def open_stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: Sequence[str] = (),
+        budget: int | None = None,
+        cancel: threading.Event,
+    ) -> AsyncIterator[StreamEvent]:
+        """Queue one conversation and return its stream of `StreamEvent` values (the last carries the
+        `Generation`). Refusals (`QueueFull`, bad arguments) raise here, before any event; closing the
+        stream early sets ``cancel``, so the row leaves at the next step."""
+        from ..backends.hf.streaming import TextAssembler
+
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue[Any] = asyncio.Queue()
+
+        def listener(ids: list[int]) -> None:
+            loop.call_soon_threadsafe(tokens.put_nowait, ids)
+
+        row = await asyncio.to_thread(self.scheduler.submit, messages, max_tokens=max_tokens,
+                                      stop=list(stop) or None, temperature=temperature, budget=budget,
+                                      cancel=cancel, listener=listener)
+        row.future.add_done_callback(lambda _: loop.call_soon_threadsafe(tokens.put_nowait, _END))
+        decoder = self.generator._decoder
+        markers = getattr(decoder, "thinking", None)
+        thinking = {} if markers is None else {"thinking": markers.tracker(row.prompt)}
+        assembler = TextAssembler(self.generator.tokenizer, row.stop, decoder.eos_ids, **thinking)
+
+        async def events() -> AsyncIterator[StreamEvent]:
+            try:
+                while (item := await tokens.get()) is not _END:
+                    event = assembler.feed_event(item)
+                    if event.text or event.reasoning:
+                        yield event
+                error = row.future.exception()
+                yield assembler.finish({"error": error} if error is not None else {"generation": row.future.result()})
+            finally:
+                if not row.future.done():
+                    cancel.set()
+
+        return events()
+
+
 class BatchedGenerator(BaseGenerator):
-    """A `Generator` view of a `MicroBatcher`, so the zero-shot estimator's calls join the batches.
+    """A `Generator` view of a batcher (`ContinuousBatcher` or `MicroBatcher`), so the zero-shot
+    estimator's calls join the batches.
 
     ``agenerate`` queues each conversation in the batcher; ``generate`` (sync, no event loop) calls
     the underlying generator directly. Calls are checked by `BaseGenerator` before they queue.
@@ -264,7 +451,7 @@ class BatchedGenerator(BaseGenerator):
         cancel: Cancel event shared with the request the estimate is for.
     """
 
-    def __init__(self, batcher: MicroBatcher, *, cancel: threading.Event | None = None) -> None:
+    def __init__(self, batcher: ContinuousBatcher | MicroBatcher, *, cancel: threading.Event | None = None) -> None:
         self.batcher = batcher
         self.cancel = cancel
         self.model_name = batcher.generator.model_name

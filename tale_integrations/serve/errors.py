@@ -5,19 +5,33 @@ The status table (also in ``docs/vllm_and_openai.md``):
 =====  =======================  ==========================================================================
  400   invalid_request_error    malformed JSON, a missing or malformed field, a value out of range, a
                                 prompt too long for the context (code ``context_length_exceeded``),
-                                an unrecognised parameter (code ``unknown_parameter``)
+                                an unrecognised parameter (code ``unknown_parameter``), text that is
+                                not valid Unicode, named by field (code ``invalid_unicode``), messages
+                                the chat template refuses (code ``chat_template_error``), ``max_tokens``
+                                above the server's ``--max-tokens-limit``
  401   invalid_request_error    missing or wrong ``Authorization: Bearer`` key (code ``invalid_api_key``)
+ 403   invalid_request_error    an ``Origin`` header not allowed by ``--allow-origin`` (code
+                                ``origin_not_allowed``), a Host outside the allow-list (code
+                                ``host_not_allowed``)
  404   invalid_request_error    unknown model (code ``model_not_found``) or route (code ``not_found``)
  405   invalid_request_error    wrong HTTP method on a known route
  413   invalid_request_error    body over the size limit (code ``request_too_large``)
+ 415   invalid_request_error    a POST body that is not ``application/json`` in UTF-8
+                                (code ``unsupported_media_type``)
  422   invalid_request_error    a well-formed parameter this server does not support (n > 1, tools,
                                 logprobs, json response formats, ``tale_enforce`` without ``--enforce``)
                                 (code ``unsupported_parameter``)
- 500   server_error             a bug: reported with the error object, never a bare trace
- 503   server_error             the server is shutting down (code ``unavailable``)
+ 429   rate_limit_error         the waiting queue is full (``--max-queue``); ``Retry-After`` says
+                                when to try again (code ``rate_limit_exceeded``)
+ 500   server_error             a bug: the error object with the request id only (the server's log
+                                has the details, under that id)
+ 503   server_error             the server is shutting down, or its decoding scheduler has stopped
+                                (code ``unavailable``)
 =====  =======================  ==========================================================================
 
-This module needs no web framework; ``app.py`` installs the handlers.
+Every ``param`` names the request field at fault (``messages[0].content``), or the header
+(``Content-Type``, ``Origin``, ``Host``). This module needs no web framework; `serve.guards`
+installs the handlers.
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from ..core.errors import TaleError
 __all__ = [
     "APIError",
     "bad_request",
+    "chat_template_error",
     "context_length_exceeded",
     "error_body",
     "unknown_parameter",
@@ -91,3 +106,10 @@ def unknown_parameter(param: str) -> APIError:
 def context_length_exceeded(message: str, *, param: str = "messages") -> APIError:
     """400: the prompt (and the requested output) does not fit the model's context window."""
     return APIError(400, message, param=param, code="context_length_exceeded")
+
+
+def chat_template_error(error: Exception) -> APIError:
+    """400: the model's chat template refused the messages (roles that must alternate, say); its own
+    message is passed on."""
+    return APIError(400, f"the model's chat template refused these messages: {error}", param="messages",
+                    code="chat_template_error")

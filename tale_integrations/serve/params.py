@@ -22,7 +22,7 @@ from ..core.checks import check_flag, check_int, check_number, check_positive_in
 from ..core.errors import TaleValueError
 from .errors import bad_request, unknown_parameter, unsupported
 
-__all__ = ["GenerationRequest", "parse_chat", "parse_completion"]
+__all__ = ["MAX_STOPS", "MAX_STOP_CHARS", "GenerationRequest", "parse_chat", "parse_completion"]
 
 _COMMON = frozenset({"model", "max_tokens", "temperature", "stop", "stream", "stream_options", "seed",
                      "tale_budget", "tale_enforce"})
@@ -69,6 +69,16 @@ _DEFAULT_ONLY_COMPLETION: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 #: OpenAI's default output cap for the legacy completions endpoint (chat has none: the server's).
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+#: Most stop strings a request may give (OpenAI's limit).
+MAX_STOPS = 4
+#: Longest stop string, in characters (every decoding step of a row looks for them in its recent text).
+MAX_STOP_CHARS = 256
+
+
+def _preview(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (an error message never echoes a whole body)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,8 +149,13 @@ def _common(body: Mapping[str, Any]) -> dict[str, Any]:
         stop = []
     elif isinstance(stop, str):
         stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
-        raise bad_request(f"stop must be a non-empty string or a list of at most 4 of them, got {stop!r}", param="stop")
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > MAX_STOPS:
+        raise bad_request(f"stop must be a non-empty string or a list of at most {MAX_STOPS} of them, "
+                          f"got {_preview(stop)}", param="stop")
+    if any(len(s) > MAX_STOP_CHARS for s in stop):
+        longest = max(len(s) for s in stop)
+        raise bad_request(f"each stop string may have at most {MAX_STOP_CHARS} characters; one has {longest}",
+                          param="stop")
     stream = _check(check_flag, "stream", body.get("stream"))
     options = body.get("stream_options")
     include_usage = False

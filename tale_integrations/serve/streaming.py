@@ -1,10 +1,13 @@
-"""Server-sent events for ``stream: true``: ``data: {chunk}\\n\\n`` ... ``data: [DONE]\\n\\n``.
+"""Server-sent events for ``stream: true``: ``data: {chunk}\n\n`` ... ``data: [DONE]\n\n``.
 
-Streams are not micro-batched: each one runs ``generator.stream`` (token by token) on its own
-thread, and the HF backend's generation lock serialises it with the batches. A pump thread drives
-the backend's iterator and hands events to the event loop; when the client goes away the response
-is closed, the pump sees it at the next token and closes the backend's iterator, which stops the
-generation at its next step.
+`sse_events` turns any async stream of `StreamEvent` values into the response's bytes. Under the
+continuous scheduler the events come from ``ContinuousBatcher.open_stream`` (the stream is one row
+of the running batch). Under the micro-batcher they come from a `StreamPump`: each stream runs
+``generator.stream`` (token by token) on its own thread, and the HF backend's generation lock
+serialises it with the batches; when the client goes away the pump closes the backend's iterator
+at the next token, which stops the generation at its next step.
+
+A failure mid-stream ends the stream with an error chunk that carries the request id only.
 """
 
 from __future__ import annotations
@@ -82,37 +85,46 @@ class StreamPump:
             self._put(_END)
 
 
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        """The backend's events as they come; a failure in the thread is raised here."""
+        try:
+            while (item := await self.queue.get()) is not _END:
+                if isinstance(item, _Failure):
+                    raise item.error
+                yield item
+        finally:
+            self.stop()
+
+
 def _data(body: Any) -> bytes:
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def sse_events(pump: StreamPump, shape: Shape) -> AsyncIterator[bytes]:
-    """The byte stream of one response; stops the pump however it ends."""
+async def sse_events(events: AsyncIterator[StreamEvent], shape: Shape, *, request_id: str) -> AsyncIterator[bytes]:
+    """The byte stream of one response; closes ``events`` however it ends."""
     try:
         first = shape.first_chunk()
         if first is not None:
             yield _data(first)
         final: Generation | None = None
-        while True:
-            item = await pump.queue.get()
-            if item is _END:
-                break
-            if isinstance(item, _Failure):
-                logger.error("stream failed", exc_info=item.error)
-                yield _data(error_body(f"the generation failed: {item.error!r}", type="server_error",
-                                       code="internal_error"))
-                return
-            assert isinstance(item, StreamEvent)
-            if item.text:
-                yield _data(shape.text_chunk(item.text))
-            if item.final is not None:
-                final = item.final
+        try:
+            async for item in events:
+                if item.text:
+                    yield _data(shape.text_chunk(item.text))
+                if item.final is not None:
+                    final = item.final
+        except Exception as exc:  # the headers are sent: the error goes in the stream
+            logger.error("stream failed (request id %s)", request_id, exc_info=exc)
+            yield _data(error_body(f"the generation failed (request id {request_id}); the server's log has the "
+                                   "details", type="server_error", code="internal_error"))
+            return
         if final is None:  # pragma: no cover - the backend always ends with a final event
-            yield _data(error_body("the stream ended without a result", type="server_error", code="internal_error"))
+            yield _data(error_body(f"the stream ended without a result (request id {request_id})",
+                                   type="server_error", code="internal_error"))
             return
         yield _data(shape.finish_chunk(final))
         if shape.include_usage:
             yield _data(shape.usage_chunk(final))
         yield b"data: [DONE]\n\n"
     finally:
-        pump.stop()
+        await events.aclose()  # type: ignore[attr-defined]

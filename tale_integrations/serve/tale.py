@@ -1,7 +1,7 @@
 """TALE on the server side: ``tale_budget`` rewrites the last user message into the budgeted prompt.
 
 ``tale_budget: N`` uses N as given; ``tale_budget: "auto"`` first estimates one: by default by asking
-the served model itself (`ZeroShotEstimator`, the paper's TALE-EP; its call joins the micro-batches),
+the served model itself (`ZeroShotEstimator`, the paper's TALE-EP; its call joins the running batch),
 or with the estimator the server was started with (``tale serve --estimator learned``: no model call),
 and clamps it with `BudgetPolicy().resolve`, capped by the request's output limit. The prompt text
 comes from ``core.prompts.question_prompt(..., format="chat")``: no prompt string lives here.
@@ -21,7 +21,8 @@ from ..core.decision import BudgetRecord, decide_budget
 from ..core.estimators import BudgetEstimator, ZeroShotEstimator
 from ..core.generation import Usage
 from ..core.prompts import QuestionFormat, question_prompt
-from .batcher import BatchedGenerator, MicroBatcher
+from ..core.thinking import ThinkingKnob
+from .batcher import BatchedGenerator, ContinuousBatcher, MicroBatcher
 
 __all__ = ["TalePlan", "openai_usage", "plan_budget"]
 
@@ -48,6 +49,8 @@ class TalePlan:
         estimator_usage: Its token usage.
         estimator_error: Why it gave no number, when it gave none.
         enforce: Whether the answer is held to the budget while decoding.
+        thinking: The thinking knob that carries the budget instead of the prompt (`core.thinking`),
+            or one that could not be applied (its ``adjusted`` says why); None when none was tried.
     """
 
     messages: list[dict[str, str]]
@@ -57,6 +60,7 @@ class TalePlan:
     estimator_usage: Usage | None = None
     estimator_error: str | None = None
     enforce: bool = False
+    thinking: ThinkingKnob | None = None
 
     @property
     def enforced_budget(self) -> int | None:
@@ -67,7 +71,8 @@ class TalePlan:
         """The ``tale`` object of a response: the budget record (`core.decision.RECORD_KEYS`), usage in
         OpenAI's form, and whether the budget was enforced."""
         record = BudgetRecord(budget=self.budget, estimator=self.estimator, estimator_reply=self.estimator_reply or None,
-                              estimator_error=self.estimator_error, estimator_usage=self.estimator_usage)
+                              estimator_error=self.estimator_error, estimator_usage=self.estimator_usage,
+                              thinking=self.thinking)
         return {**record.to_dict(usage=openai_usage), "enforced": self.enforce}
 
 
@@ -75,7 +80,7 @@ async def plan_budget(
     messages: list[dict[str, str]],
     budget: int | str,
     *,
-    batcher: MicroBatcher,
+    batcher: ContinuousBatcher | MicroBatcher,
     limit: int,
     enforce: bool = False,
     cancel: threading.Event | None = None,

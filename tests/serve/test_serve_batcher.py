@@ -1,5 +1,6 @@
 """`MicroBatcher` on its own (a fake generator), and micro-batching, cancellation and shutdown through
-the running server."""
+the running server (``scheduler="microbatch"``; the continuous scheduler's tests are in
+test_serve_continuous.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("torch")
 
 from tale_integrations.core.generation import Generation, Usage  # noqa: E402
-from tale_integrations.serve.batcher import BatchedGenerator, BatcherClosed, JobCancelled, MicroBatcher  # noqa: E402
+from tale_integrations.serve.batcher import (  # noqa: E402
+    BatchedGenerator,
+    BatcherClosed,
+    JobCancelled,
+    MicroBatcher,
+    QueueFull,
+)
 
 
 def user(text: str) -> list[dict[str, str]]:
@@ -44,7 +51,7 @@ class FakeGenerator:
         caps = caps if isinstance(caps, list) else [caps] * len(prompts)
         return [Generation(text=p[-1]["content"].upper(), usage=Usage(input_tokens=1, output_tokens=cap or 0),
                            finish_reason="stop", model="fake")
-                for p, cap in zip(prompts, caps)]
+                for p, cap in zip(prompts, caps, strict=True)]
 
 
 async def started(generator: Any, **kwargs: Any) -> MicroBatcher:
@@ -172,7 +179,7 @@ def spy_batches(generator: Any) -> list[int]:
 
 async def test_concurrent_openai_requests_are_micro_batched(serve, seven):
     sizes = spy_batches(seven)
-    url = serve(seven, max_batch_size=16, batch_window_ms=50)
+    url = serve(seven, scheduler="microbatch", max_batch_size=16, batch_window_ms=50)
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
     results = await asyncio.gather(*(
         client.chat.completions.create(model="seven", messages=user(f"question {i}"), max_tokens=3 + i % 3)
@@ -186,7 +193,7 @@ async def test_concurrent_openai_requests_are_micro_batched(serve, seven):
 
 async def test_max_batch_size_one_answers_one_at_a_time(serve, seven):
     sizes = spy_batches(seven)
-    url = serve(seven, max_batch_size=1, batch_window_ms=50)
+    url = serve(seven, scheduler="microbatch", max_batch_size=1, batch_window_ms=50)
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
     await asyncio.gather(*(client.chat.completions.create(model="seven", messages=user("q"), max_tokens=2)
                            for _ in range(4)))
@@ -205,7 +212,7 @@ def test_a_client_that_disconnects_cancels_its_row(serve, seven):
         return original(prompts, **kwargs)
 
     seven.generate = waits_for_cancel
-    url = serve(seven)
+    url = serve(seven, scheduler="microbatch")
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{url}/v1/chat/completions", json={"model": "seven", "messages": user("hi"), "max_tokens": 50},
                    timeout=httpx.Timeout(30, read=0.5))
@@ -230,7 +237,7 @@ def test_closing_a_stream_stops_its_generation(serve, seven):
             record["closed"].set()
 
     seven.stream = slow_stream
-    url = serve(seven)
+    url = serve(seven, scheduler="microbatch")
     body = {"model": "seven", "messages": user("hi"), "max_tokens": 200, "stream": True}
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
         lines = response.iter_lines()
@@ -251,7 +258,7 @@ def test_shutdown_finishes_requests_in_flight(serve, seven):
         return original(prompts, **kwargs)
 
     seven.generate = slow
-    url = serve(seven, batch_window_ms=50)
+    url = serve(seven, scheduler="microbatch", batch_window_ms=50)
     answers: list[Any] = []
 
     def ask() -> None:
@@ -285,3 +292,30 @@ async def test_a_long_prompt_never_cuts_a_neighbours_cap(seven):
     assert short.usage.output_tokens == 200 and short.text == " 7" * 200
     assert long.usage.output_tokens == 10 and other.usage.output_tokens == 5
     assert sorted(sizes) == [1, 2]  # "hi" and "hello" together, the long prompt alone
+
+
+async def test_a_full_queue_refuses_with_queue_full():
+    gen = FakeGenerator(delay=0.2)
+    batcher = await started(gen, max_batch_size=1, window_ms=0, max_queue=2)
+    first = asyncio.ensure_future(batcher.submit(user("first")))
+    while not gen.calls:  # the first is generating; the queue is empty again
+        await asyncio.sleep(0.005)
+    waiting = [asyncio.ensure_future(batcher.submit(user(f"w{i}"))) for i in range(2)]
+    await asyncio.sleep(0)
+    assert batcher.waiting == 2
+    with pytest.raises(QueueFull, match="2 requests are waiting"):
+        await batcher.submit(user("one too many"))
+    assert [r.text for r in await asyncio.gather(first, *waiting)] == ["FIRST", "W0", "W1"]
+    await batcher.close()
+
+
+async def test_close_with_a_timeout_fails_what_is_still_waiting():
+    gen = FakeGenerator(delay=0.3)
+    batcher = await started(gen, max_batch_size=1, window_ms=0)
+    pending = [asyncio.ensure_future(batcher.submit(user(f"q{i}"))) for i in range(3)]
+    while not gen.calls:
+        await asyncio.sleep(0.005)
+    await batcher.close(timeout=0.05)
+    outcomes = await asyncio.gather(*pending, return_exceptions=True)
+    assert outcomes[0].text == "Q0"  # the batch in flight finished
+    assert all(isinstance(o, BatcherClosed) for o in outcomes[1:])

@@ -114,3 +114,49 @@ def test_missing_fastapi_names_the_extra():
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert 'pip install "tale-integrations[serve]"' in out
+
+
+def test_serving_flags_reach_the_app(monkeypatch, tiny_model_dir):
+    seen = recorded_run(monkeypatch)
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    args = parser().parse_args(["serve", "--model", str(tiny_model_dir), "--scheduler", "microbatch",
+                                "--max-queue", "7", "--max-tokens-limit", "99", "--allow-origin", "http://a.example",
+                                "--allow-host", "box.lan", "--shutdown-timeout", "5"])
+    run_serve(args)
+    app = seen["app"]
+    assert app.state.scheduler == "microbatch" and app.state.batcher.max_queue == 7
+    assert seen["kwargs"]["timeout_graceful_shutdown"] == 5.0
+    from fastapi.testclient import TestClient
+
+    with TestClient(app, base_url="http://box.lan") as http:  # an --allow-host name, beside the loopback ones
+        assert http.get("/health").status_code == 200
+        assert http.get("/health", headers={"host": "localhost:8000"}).status_code == 200
+        assert http.get("/health", headers={"host": "evil.example"}).status_code == 403
+        assert http.get("/v1/models", headers={"origin": "http://a.example"}).status_code == 200
+        assert http.get("/v1/models", headers={"origin": "http://b.example"}).status_code == 403
+        body = {"model": app.state.served_model_name, "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 100}
+        too_many = http.post("/v1/chat/completions", json=body)
+        assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "max_tokens"
+
+
+def test_an_empty_api_key_is_refused_at_start(monkeypatch, capsys, tiny_model_dir):
+    for key in ("", "  "):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["serve", "--api-key", key])
+        assert "API key is empty" in capsys.readouterr().err
+    seen = recorded_run(monkeypatch)
+    monkeypatch.setenv(API_KEY_ENV, "")
+    with pytest.raises(SystemExit, match="set but empty"):
+        run_serve(parser().parse_args(["serve", "--model", str(tiny_model_dir)]))
+    assert "app" not in seen
+
+
+def test_the_default_scheduler_is_continuous(monkeypatch, tiny_model_dir):
+    seen = recorded_run(monkeypatch)
+    monkeypatch.delenv(API_KEY_ENV, raising=False)
+    run_serve(parser().parse_args(["serve", "--model", str(tiny_model_dir), "--max-batch-size", "3"]))
+    app = seen["app"]
+    assert app.state.scheduler == "continuous" and app.state.batcher.max_batch_size == 3
+    assert app.state.batcher.scheduler.max_waiting == 256
+    assert parser().parse_args(["serve"]).max_tokens_limit == 4096

@@ -1,10 +1,14 @@
-"""Every bad input gets its 4xx and the OpenAI error object, never a 500 or a hung connection.
+"""Every bad input gets its 4xx and the OpenAI error object, never a 500 or a hung connection; a good
+request is still answered afterwards. The browser guards (JSON only, no foreign Origin, the Host
+allow-list) are in the same table.
 
-Raw httpx requests, so malformed JSON, odd bytes and oversized bodies reach the server as sent.
+Raw httpx requests, so malformed JSON, odd bytes, lone surrogates and oversized bodies reach the
+server as sent.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -17,6 +21,15 @@ pytest.importorskip("torch")
 LIMIT = 4096
 MODEL = "tiny-llama"
 OK_MESSAGES = [{"role": "user", "content": "hi"}]
+TOKENS_LIMIT = 220  # the server's --max-tokens-limit (its context window is 256)
+ALLOWED_ORIGIN = "http://allowed.example"
+#: The tiny chat template, refusing two turns of one role in a row (as many models' templates do).
+STRICT_TEMPLATE = (
+    "{% for m in messages %}{% if loop.index0 > 0 and m['role'] == messages[loop.index0 - 1]['role'] %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def chat(**fields: Any) -> dict[str, Any]:
@@ -31,15 +44,70 @@ def without(body: dict[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k != key}
 
 
+def escaped(body: dict[str, Any]) -> bytes:
+    """The body as JSON with every non-ASCII character escaped (a lone surrogate as ``\\ud800``), as
+    a client that does not check its strings sends it."""
+    return json.dumps(body, ensure_ascii=True).encode()
+
+
+def raw_content(text: bytes) -> bytes:
+    """A chat body whose message content is ``text``, bytes as given (not necessarily UTF-8)."""
+    return b'{"model": "tiny-llama", "max_tokens": 2, "messages": [{"role": "user", "content": "' + text + b'"}]}'
+
+
+JSON = {"content-type": "application/json"}
+
+
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 
-# (id, path, body: dict for JSON or bytes as sent, status, code, param)
+# (id, path, body: dict for JSON or bytes as sent, status, code, param[, headers])
 CASES = [
     # 400: malformed requests and values
     ("malformed-json", CHAT, b'{"model": "tiny-llama", "messages": [', 400, "invalid_json", None),
     ("not-an-object", CHAT, b"[1, 2, 3]", 400, "invalid_json", None),
     ("nan-literal", CHAT, b'{"model": "tiny-llama", "messages": [], "temperature": NaN}', 400, "invalid_json", None),
-    ("invalid-utf8", CHAT, b'{"model": "\xff\xfe"}', 400, "invalid_json", None),
+    ("invalid-utf8", CHAT, b'{"model": "\xff\xfe"}', 400, "invalid_unicode", "model"),
+    ("invalid-utf8-outside-strings", CHAT, b'{"model": "tiny-llama"\xff}', 400, "invalid_json", None),
+    ("utf8-bom", CHAT, b"\xef\xbb\xbf" + escaped(chat()), 400, "invalid_json", None),
+    # text that is not valid Unicode, wherever it is: named by field
+    ("surrogate-in-model", CHAT, escaped(chat(model="\ud800")), 400, "invalid_unicode", "model"),
+    ("surrogate-in-content", CHAT, escaped(chat(messages=[{"role": "user", "content": "a\udfffb"}])), 400,
+     "invalid_unicode", "messages[0].content"),
+    ("surrogate-in-field-name", CHAT, escaped({**chat(), "\ud800": 1}), 400, "invalid_unicode", "\\ud800"),
+    ("surrogate-in-message-field-name", CHAT,
+     escaped(chat(messages=[{"role": "user", "content": "hi", "\udc00x": "y"}])), 400, "invalid_unicode",
+     "messages[0]"),
+    ("surrogate-in-content-part", CHAT,
+     escaped(chat(messages=[{"role": "user", "content": [{"type": "text", "text": "\ud83d"}]}])), 400,
+     "invalid_unicode", "messages[0].content[0].text"),
+    ("surrogate-in-stop", CHAT, escaped(chat(stop=["ok", "\ud800"])), 400, "invalid_unicode", "stop[1]"),
+    ("surrogate-in-unknown-field", CHAT, escaped(chat(user="\ud800")), 400, "invalid_unicode", "user"),
+    ("surrogate-in-prompt", COMPLETIONS, escaped(completion(prompt="\udbff")), 400, "invalid_unicode", "prompt"),
+    ("invalid-utf8-in-content", CHAT, raw_content(b"caf\xe9"), 400, "invalid_unicode", "messages[0].content"),
+    ("utf8-encoded-surrogate-in-content", CHAT, raw_content(b"\xed\xa0\x80"), 400, "invalid_unicode",
+     "messages[0].content"),
+    ("overlong-utf8-in-content", CHAT, raw_content(b"\xc0\xaf"), 400, "invalid_unicode", "messages[0].content"),
+    ("chat-template-refuses", CHAT, chat(messages=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]),
+     400, "chat_template_error", "messages"),  # the template's own message is passed on (below)
+    ("stop-too-long", CHAT, chat(stop=["x" * 257]), 400, "invalid_value", "stop"),
+    ("max-tokens-over-the-limit", CHAT, chat(max_tokens=TOKENS_LIMIT + 1), 400, "invalid_value", "max_tokens"),
+    ("completion-max-tokens-over-the-limit", COMPLETIONS, completion(max_tokens=TOKENS_LIMIT + 1), 400,
+     "invalid_value", "max_tokens"),
+    # 415: not JSON (the request a browser can send cross-site without a preflight)
+    ("text-plain", CHAT, escaped(chat()), 415, "unsupported_media_type", "Content-Type",
+     {"content-type": "text/plain"}),
+    ("form-encoded", CHAT, b"model=tiny-llama", 415, "unsupported_media_type", "Content-Type",
+     {"content-type": "application/x-www-form-urlencoded"}),
+    ("no-content-type", CHAT, escaped(chat()), 415, "unsupported_media_type", "Content-Type", {"content-type": ""}),
+    ("json-in-latin-1", CHAT, escaped(chat()), 415, "unsupported_media_type", "Content-Type",
+     {"content-type": "application/json; charset=latin-1"}),
+    # 403: a web page's request (Origin) not allowed, a Host outside the loopback allow-list (DNS rebinding)
+    ("foreign-origin", CHAT, chat(), 403, "origin_not_allowed", "Origin", {"origin": "http://evil.example"}),
+    ("foreign-origin-get", "/v1/models", None, 403, "origin_not_allowed", "Origin",
+     {"origin": "http://evil.example"}),
+    ("null-origin", CHAT, chat(), 403, "origin_not_allowed", "Origin", {"origin": "null"}),
+    ("rebound-host", CHAT, chat(), 403, "host_not_allowed", "Host", {"host": "evil.example"}),
+    ("rebound-host-health", "/health", None, 403, "host_not_allowed", "Host", {"host": "evil.example:8000"}),
     ("deep-nesting", CHAT, b"[" * 4000, 400, "invalid_json", None),
     ("over-the-limit", CHAT, b"[" * 100_000, 413, "request_too_large", None),
     ("missing-model", CHAT, without(chat(), "model"), 400, "missing_required_parameter", "model"),
@@ -109,9 +177,11 @@ CASES = [
 @pytest.fixture(scope="module")
 def url(serve_module, tiny_model, tiny_tokenizer) -> str:
     from tale_integrations.backends.hf import HFGenerator
+    from tale_integrations.serve.cli import LOOPBACK_HOSTS
 
-    generator = HFGenerator.from_model(tiny_model, tiny_tokenizer, model_name=MODEL)
-    return serve_module(generator, max_body_bytes=LIMIT)
+    generator = HFGenerator.from_model(tiny_model, tiny_tokenizer, model_name=MODEL, chat_template=STRICT_TEMPLATE)
+    return serve_module(generator, max_body_bytes=LIMIT, max_tokens_limit=TOKENS_LIMIT, allowed_hosts=LOOPBACK_HOSTS,
+                        allow_origins=[ALLOWED_ORIGIN])
 
 
 @pytest.fixture(scope="module")
@@ -130,13 +200,19 @@ def assert_error(response: httpx.Response, status: int, code: str | None, param:
     assert error["param"] == param
 
 
-@pytest.mark.parametrize(("path", "body", "status", "code", "param"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_table(http, path, body, status, code, param):
-    if isinstance(body, bytes):
-        response = http.post(path, content=body, headers={"content-type": "application/json"})
+TABLE = [pytest.param(*case[1:6], case[6] if len(case) > 6 else {}, id=case[0]) for case in CASES]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "code", "param", "headers"), TABLE)
+def test_bad_input_table(http, path, body, status, code, param, headers):
+    if body is None:
+        response = http.get(path, headers=headers)
+    elif isinstance(body, bytes):
+        response = http.post(path, content=body, headers={**JSON, **headers})
     else:
-        response = http.post(path, json=body)
+        response = http.post(path, json=body, headers=headers)
     assert_error(response, status, code, param)
+    assert response.headers["x-request-id"].startswith("req_")
 
 
 @pytest.mark.parametrize("body", [
@@ -154,7 +230,7 @@ def test_default_values_of_unsupported_parameters_are_accepted(http, body):
 
 def test_body_over_the_limit_by_content_length(http):
     body = b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "' + b"x" * LIMIT + b'"}]}'
-    assert_error(http.post(CHAT, content=body), 413, "request_too_large", None)
+    assert_error(http.post(CHAT, content=body, headers=JSON), 413, "request_too_large", None)
 
 
 def test_body_over_the_limit_while_reading_a_chunked_upload(http):
@@ -164,7 +240,7 @@ def test_body_over_the_limit_while_reading_a_chunked_upload(http):
             yield b"x" * 1000
         yield b'"}]}'
 
-    response = http.post(CHAT, content=chunks())  # no Content-Length: transfer-encoding chunked
+    response = http.post(CHAT, content=chunks(), headers=JSON)  # no Content-Length: transfer-encoding chunked
     assert_error(response, 413, "request_too_large", None)
 
 
@@ -184,12 +260,75 @@ def test_missing_or_wrong_api_key_is_401(serve, tiny_generator):
     assert ok.status_code == 200
 
 
-def test_a_server_bug_is_a_500_with_the_error_object(serve, tiny_generator):
-    def broken(*args, **kwargs):
-        raise RuntimeError("boom")
+def test_a_server_bug_is_a_500_with_the_request_id_only(serve, scripted_generator, caplog):
+    gen = scripted_generator(" 7", model_name="broken").load()
 
-    tiny_generator.generate = broken
-    response = httpx.post(f"{serve(tiny_generator)}{CHAT}", json=chat(model="tiny-llama"))
-    assert response.status_code == 500
-    assert response.json()["error"]["type"] == "server_error"
-    assert "boom" in response.json()["error"]["message"]
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom: an internal detail")
+
+    gen.model.forward = broken
+    url = serve(gen)
+    for body in (chat(model="broken"), chat(model="broken", stream=True)):
+        with caplog.at_level("ERROR", logger="tale_integrations.serve"):
+            response = httpx.post(f"{url}{CHAT}", json=body)
+        rid = response.headers["x-request-id"]
+        text = response.text
+        assert "boom" not in text and "RuntimeError" not in text and rid in text
+        if body.get("stream"):  # the headers were sent: the error is the stream's last chunk
+            assert response.status_code == 200 and '"type":"server_error"' in text
+        else:
+            assert response.status_code == 500
+            assert response.json()["error"]["type"] == "server_error"
+            assert response.json()["error"]["code"] == "internal_error"
+        assert any(rid in r.getMessage() and r.exc_info and "boom" in str(r.exc_info[1]) for r in caplog.records)
+
+
+def test_allowed_origin_gets_cors_headers_and_its_preflight(http):
+    ok = http.post(CHAT, json=chat(), headers={"origin": ALLOWED_ORIGIN})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    preflight = http.options(CHAT, headers={"origin": ALLOWED_ORIGIN, "access-control-request-method": "POST",
+                                            "access-control-request-headers": "authorization, content-type"})
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-headers"] == "authorization, content-type"
+    refused = http.options(CHAT, headers={"origin": "http://evil.example", "access-control-request-method": "POST"})
+    assert_error(refused, 403, "origin_not_allowed", "Origin")
+    assert "access-control-allow-origin" not in refused.headers
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost:8000", "[::1]:8000", "LOCALHOST"])
+def test_loopback_host_names_are_answered(http, host):
+    assert http.get("/health", headers={"host": host}).status_code == 200
+
+
+def test_default_allowed_hosts():
+    from tale_integrations.serve.cli import default_allowed_hosts
+
+    assert default_allowed_hosts("127.0.0.1") == ("127.0.0.1", "localhost", "::1")
+    assert default_allowed_hosts("::1", ["box.lan"]) == ("127.0.0.1", "localhost", "::1", "box.lan")
+    assert default_allowed_hosts("127.0.0.2") == ("127.0.0.1", "localhost", "::1", "127.0.0.2")
+    assert default_allowed_hosts("0.0.0.0") is None
+    assert default_allowed_hosts("0.0.0.0", ["api.example"]) == ("api.example",)
+
+
+def test_an_empty_api_key_is_refused(tiny_generator):
+    from tale_integrations.serve import create_app
+
+    for key in ("", "   "):
+        with pytest.raises(ValueError, match="api_key"):
+            create_app(tiny_generator, api_key=key)
+
+
+def test_a_good_request_is_still_answered_after_the_table(http):
+    """Runs last in this module: the server that took every bad input above still answers."""
+    response = http.post(CHAT, json=chat(max_tokens=3))
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 3
+    assert http.get("/health").json()["status"] == "ok"
+
+
+def test_the_chat_templates_own_message_is_passed_on(http):
+    twice = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    for body in (chat(messages=twice), chat(messages=twice, stream=True), chat(messages=twice, tale_budget=9)):
+        response = http.post(CHAT, json=body)
+        assert_error(response, 400, "chat_template_error", "messages")
+        assert "Conversation roles must alternate" in response.json()["error"]["message"]

@@ -1,5 +1,5 @@
 """`tale serve --estimator learned`: ``"tale_budget": "auto"`` takes its budget from the shipped learned
-estimator, so the batcher sees one ``generate`` call (the answer) and the ``tale`` object reports the
+estimator, so the scheduler sees one request (the answer) and the ``tale`` object reports the
 estimator ``"learned"`` with zero tokens. The budget equals the one every other integration gives
 (``tests/test_learned_everywhere.py``)."""
 
@@ -35,16 +35,17 @@ def client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
 
 
-def spy(generator: Any, method: str = "generate") -> list[dict[str, Any]]:
-    """Record every ``generate`` call the batcher makes on ``generator`` (or every ``stream`` call)."""
+def spy(app: Any) -> list[dict[str, Any]]:
+    """Record every request the app's scheduler is given (the answer, and any estimator call)."""
+    scheduler = app.state.batcher.scheduler
     calls: list[dict[str, Any]] = []
-    original = getattr(generator, method)
+    original = scheduler.submit
 
-    def wrapper(prompts, **kwargs):
-        calls.append({"prompts": prompts, **kwargs})
-        return original(prompts, **kwargs)
+    def wrapper(messages, **kwargs):
+        calls.append({"prompts": messages, **kwargs})
+        return original(messages, **kwargs)
 
-    setattr(generator, method, wrapper)
+    scheduler.submit = wrapper
     return calls
 
 
@@ -70,30 +71,30 @@ def test_the_budget_fits_the_request():
 
 
 def test_auto_budget_comes_from_the_learned_estimator(serve, seven):
-    calls = spy(seven)
     url = serve(seven, estimator="learned")
+    calls = spy(serve.last.app)
     r = client(url).chat.completions.create(model="seven", messages=user(QUESTION), max_tokens=MAX_TOKENS,
                                             extra_body={"tale_budget": "auto"})
     check_tale(r.model_dump()["tale"])
     budgeted = user(question_prompt(QUESTION, budget=BUDGET, format="chat"))
-    [call] = calls  # the answer only: no estimator call reached the batcher
-    assert call["prompts"] == [budgeted]
+    [call] = calls  # the answer only: no estimator call reached the scheduler
+    assert call["prompts"] == budgeted and call.get("listener") is None
     assert r.usage.prompt_tokens == len(seven.encode_chat(budgeted))
     assert r.usage.completion_tokens == MAX_TOKENS and r.choices[0].message.content == " 7" * MAX_TOKENS
 
 
 def test_auto_budget_streams_the_learned_tale_object(serve, seven):
-    calls, streams = spy(seven), spy(seven, "stream")
     url = serve(seven, estimator="learned")
+    calls = spy(serve.last.app)
     chunks = list(client(url).chat.completions.create(
         model="seven", messages=user(QUESTION), max_tokens=5, stream=True, extra_body={"tale_budget": "auto"}))
     tale = chunks[0].model_dump()["tale"]
     # The request's max_tokens (5) caps the estimate, exactly as for the zero-shot estimator.
     assert (tale["budget"], tale["budget_raw"], tale["estimator"]) == (5, RAW, "learned")
     assert "lowered to cap" in tale["budget_adjusted"] and tale["estimator_usage"]["total_tokens"] == 0
-    assert calls == []  # no estimator call went through the batcher
-    [stream] = streams
+    [stream] = calls  # the streamed answer only: no estimator call went through the scheduler
     assert stream["prompts"] == user(question_prompt(QUESTION, budget=5, format="chat"))
+    assert stream["listener"] is not None
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == " 7" * 5
 
 
@@ -112,11 +113,11 @@ def test_serve_cli_estimator_learned_reaches_the_app(monkeypatch, tiny_model_dir
                             "--served-model-name", "tiny"])
     assert args.handler(args) == 0
     app = seen["app"]
-    calls = spy(app.state.generator)
-    with TestClient(app) as http:
+    calls = spy(app)
+    with TestClient(app, base_url="http://127.0.0.1") as http:  # bound to loopback: loopback host names only
         r = http.post("/v1/chat/completions", json={"model": "tiny", "messages": user(QUESTION),
                                                     "max_tokens": MAX_TOKENS, "tale_budget": "auto"})
     assert r.status_code == 200, r.text
     check_tale(r.json()["tale"])
     [call] = calls
-    assert call["prompts"] == [user(question_prompt(QUESTION, budget=BUDGET, format="chat"))]
+    assert call["prompts"] == user(question_prompt(QUESTION, budget=BUDGET, format="chat"))
