@@ -57,6 +57,7 @@ __all__ = [
     "ThinkingKnob",
     "ThinkingModel",
     "ThinkingPolicy",
+    "engine_named",
     "NAMED_ENGINES",
     "find_thinking_model",
     "looks_like_thinking_model",
@@ -280,6 +281,16 @@ def find_thinking_model(model: str, engine: Engine | str | None = None, *,
     return next((row for row in table if row.engine == Engine(engine) and row.pattern is None), None)
 
 
+def engine_named(name: str, *, alternatives: str) -> Engine:
+    """The `Engine` a ``thinking=`` string names (case and spaces ignored); a clear error otherwise,
+    offering ``alternatives`` beside the engine names."""
+    try:
+        return Engine(name.strip().lower())
+    except ValueError:
+        raise TaleValueError(f"thinking={name!r} names no engine; choose from {', '.join(Engine)}, "
+                             f"or pass {alternatives}") from None
+
+
 def resolve_thinking(declared: Any, model: str, *, engine: Engine | str | None = None) -> ThinkingModel | None:
     """The row a caller's ``thinking=`` setting stands for (every integration takes the same values).
 
@@ -313,12 +324,7 @@ def resolve_thinking(declared: Any, model: str, *, engine: Engine | str | None =
             )
         return row
     if isinstance(declared, str):
-        try:
-            named = Engine(declared.strip().lower())
-        except ValueError:
-            raise TaleValueError(f"thinking={declared!r} names no engine; choose from {', '.join(Engine)}, "
-                                 "or pass True, False or a ThinkingModel") from None
-        return find_thinking_model(model, named)
+        return find_thinking_model(model, engine_named(declared, alternatives="True, False or a ThinkingModel"))
     raise TaleTypeError(
         f"thinking must be None, a bool, an engine name or a ThinkingModel, got {type(declared).__name__}"
     )

@@ -159,7 +159,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     require("transformers", extra="serve", purpose="`tale serve`")
     require("fastapi", extra="serve", purpose="`tale serve`")
-    uvicorn = require("uvicorn", extra="serve", purpose="`tale serve`")
+    require("uvicorn", extra="serve", purpose="`tale serve`")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -183,11 +183,19 @@ def run_serve(args: argparse.Namespace) -> int:
         scheduler=args.scheduler, max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit,
         prefill_tokens=args.prefill_tokens, shutdown_timeout=args.shutdown_timeout, **guards,
     )
-    name = app.state.served_model_name
+    return launch(app, args, api_key, serving=f"model {app.state.served_model_name!r}", behind="the model")
+
+
+def launch(app: Any, args: argparse.Namespace, api_key: str | None, *, serving: str, behind: str) -> int:
+    """Print where ``app`` listens (warning when a public address has no API key) and run it with uvicorn
+    until interrupted; shared by the local server and the ``--upstream`` front."""
+    from .._optional import require
+
+    uvicorn = require("uvicorn", extra="serve", purpose="`tale serve`")
     if not _is_loopback(args.host) and api_key is None:
         print(f"tale serve: warning: listening on {args.host} without an API key; anyone who can reach this "
-              f"port can use the model (set --api-key or ${API_KEY_ENV})", file=sys.stderr)
-    print(f"tale serve: model {name!r} at http://{args.host}:{args.port}/v1"
+              f"port can use {behind} (set --api-key or ${API_KEY_ENV})", file=sys.stderr)
+    print(f"tale serve: {serving} at http://{args.host}:{args.port}/v1"
           f"{' (API key required)' if api_key else ''}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=args.shutdown_timeout)

@@ -33,7 +33,6 @@ import asyncio
 import json
 import logging
 import os
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
@@ -54,7 +53,14 @@ from ..core.budget import BudgetPolicy  # noqa: E402
 from ..core.checks import check_number, check_positive_int  # noqa: E402
 from ..core.errors import JobCancelled  # noqa: E402
 from ..core.estimators import BudgetEstimator, ZeroShotEstimator, get_estimator, is_zero_shot  # noqa: E402
-from ..core.thinking import Engine, ThinkingModel, ThinkingPolicy, resolve_thinking, thinking_knob  # noqa: E402
+from ..core.thinking import (  # noqa: E402
+    Engine,
+    ThinkingModel,
+    ThinkingPolicy,
+    engine_named,
+    resolve_thinking,
+    thinking_knob,
+)
 from .errors import APIError, bad_request, error_body, unsupported  # noqa: E402
 from .guards import (  # noqa: E402
     SafeJSONResponse,
@@ -297,11 +303,7 @@ def create_upstream_app(
         raise ValueError("thinking=True cannot tell which engine is upstream; name it (thinking='vllm', 'sglang', "
                          "'llamacpp', 'openai'...) or pass a ThinkingModel")
     if isinstance(thinking, str):
-        try:
-            thinking = Engine(thinking.strip().lower())
-        except ValueError:
-            raise ValueError(f"thinking={thinking!r} names no engine; choose from {', '.join(Engine)}, or pass "
-                             "None, False or a ThinkingModel") from None
+        thinking = engine_named(thinking, alternatives="None, False or a ThinkingModel")
     elif thinking is not None and thinking is not False and not isinstance(thinking, ThinkingModel):
         raise TypeError(f"thinking must be None, False, an engine name or a ThinkingModel, got "
                         f"{type(thinking).__name__}")
@@ -482,9 +484,9 @@ def run_upstream(args: Any) -> int:
     Options that only mean something for a local model (``--model``, ``--adapter``, ``--merge``,
     ``--enforce``, ``--device``) are refused, naming the option.
     """
-    from .cli import API_KEY_ENV, _is_loopback, guard_settings
+    from .cli import guard_settings, launch
 
-    uvicorn = require("uvicorn", extra="serve", purpose="`tale serve --upstream`")
+    require("uvicorn", extra="serve", purpose="`tale serve --upstream`")
     local = [flag for flag, value in (("--model", args.model), ("--adapter", args.adapter), ("--merge", args.merge),
                                       ("--enforce", args.enforce), ("--device", args.device)) if value]
     if local:
@@ -498,11 +500,5 @@ def run_upstream(args: Any) -> int:
         estimator=args.estimator, thinking=thinking, timeout=args.upstream_timeout, max_body_bytes=args.max_body_bytes,
         **guards,
     )
-    if not _is_loopback(args.host) and api_key is None:
-        print(f"tale serve: warning: listening on {args.host} without an API key; anyone who can reach this "
-              f"port can use the engine behind it (set --api-key or ${API_KEY_ENV})", file=sys.stderr)
-    print(f"tale serve: TALE front for {app.state.upstream_url} at http://{args.host}:{args.port}/v1"
-          f"{' (API key required)' if api_key else ''}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=args.shutdown_timeout)
-    return 0
+    return launch(app, args, api_key, serving=f"TALE front for {app.state.upstream_url}",
+                  behind="the engine behind it")
