@@ -2,7 +2,8 @@
 
 A forcing rule is a `RowRule` (``row_rules.py``) that lets its row run free until its policy says
 a budget is spent, then forces a fixed schedule of tokens. `forced_token` derives, from the row's
-tokens alone, the token the row must emit next (None: the model chooses); `apply` forces it. A
+tokens (`thinking.ThinkingBudget` also from the step at which its model preferred to end its turn inside
+the block), the token the row must emit next (None: the model chooses); `apply` forces it. A
 schedule never starts inside a character: `ForcingRule.clean_break` moves its start past a
 character that a byte-level token left unfinished (at most `MAX_PARTIAL_TOKENS` tokens later).
 `BudgetEnforcer` (here) holds an answer to its budget; `thinking.ThinkingBudget` holds a thinking

@@ -15,23 +15,31 @@ tokens (Qwen3 style); a template may also close an empty block in the prompt to 
   `BudgetEnforcer`) for one row with a thinking budget B. It counts the tokens inside the block;
   at ``hint_at * B`` it may force `core.prompts.THINKING_WRAP_UP` (those tokens count as thinking);
   once B tokens are spent it forces the end marker, after finishing a character cut mid-way (at
-  most `MAX_PARTIAL_TOKENS` more tokens). A model that closes the block itself is left alone. The
-  answer after the block is shown to the row's answer rules (the budget enforcer, a structured-output
+  most `MAX_PARTIAL_TOKENS` more tokens). Inside a budgeted block the row cannot end its turn: when
+  an end-of-turn token scores above every other token (greedy decoding would pick it) the model is
+  taken to be done thinking, and the end marker is forced from that step, as at the budget (a cut
+  character finished first); the answer follows. Otherwise the end-of-turn tokens are set to -inf
+  inside the block, so neither greedy nor sampled decoding picks one. A model that closes the block
+  itself is left alone; so is everything after the block, and a row without a budget (the rule
+  then exists only for the answer rules, and its model may end inside the block). The answer after
+  the block is shown to the row's answer rules (the budget enforcer, a structured-output
   constraint) as if it were the whole output: they never see, nor constrain, the thinking. The
   row's output cap is set above ``overhead + B + answer_reserve`` (`ThinkingMarkers.overhead`), so
   the answer keeps at least its reserve.
 
 Token accounting (`ThinkingSplit`): the reasoning tokens are every output token up to and including
 the end marker (and the start marker when the model writes it), so that ``output_tokens =
-reasoning_tokens + answer tokens``. A block that is never closed (the model ends its turn inside
-it, or the cap cuts it) is all reasoning, and the answer is empty. The reasoning text is the text
-between the markers, stripped of surrounding whitespace; the answer's leading whitespace is dropped.
+reasoning_tokens + answer tokens``. A block that is never closed is all reasoning, and the answer is
+empty: with a budget only the cap can leave one open (the model's end of turn inside it becomes the
+end marker), without a budget the model may also end its turn inside it. The reasoning text is the
+text between the markers, stripped of surrounding whitespace; the answer's leading whitespace is
+dropped.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -254,11 +262,14 @@ class ThinkingBudget(ForcingRule):
         hint_at: Fraction of the budget (above 0, below 1) at which `core.prompts.THINKING_WRAP_UP`
             is written into the block, when it fits before the budget is spent; None for no hint.
         answer_rules: The rules of the answer after the block, shown only the answer's tokens.
+        eos_ids: The tokens that end a turn, which a budgeted row may not emit inside its block
+            (`hf.decoding.eos_ids_of`: the generation config's and the tokenizer's); None: the
+            tokenizer's end-of-sequence token.
     """
 
     def __init__(self, markers: ThinkingMarkers, *, budget: int | None, prompt: Sequence[int] | None = None,
                  max_tokens: int | None = None, answer_reserve: int = 0, hint_at: float | None = None,
-                 answer_rules: Sequence[RowRule] = ()) -> None:
+                 answer_rules: Sequence[RowRule] = (), eos_ids: Iterable[int] | None = None) -> None:
         super().__init__(markers.tokenizer)
         check_int("thinking_budget", budget, low=0, optional=True)
         check_number("hint_at", hint_at, above=0, high=1, optional=True)
@@ -274,6 +285,13 @@ class ThinkingBudget(ForcingRule):
             if step + MAX_PARTIAL_TOKENS + len(hint) <= self.limit:
                 self.hint_ids, self.hint_step = hint, step
         self.answer_rules = list(answer_rules)
+        if eos_ids is None:
+            eos = markers.tokenizer.eos_token_id
+            eos_ids = () if eos is None else (eos,)
+        self.eos_ids = torch.tensor(sorted(set(eos_ids)), dtype=torch.long)
+        #: The step at which the model wanted to end its turn inside the block (the end marker is
+        #: forced from there); None while it has not.
+        self.closing_at: int | None = None
 
     def forced_token(self, generated: Sequence[int]) -> int | None:
         """The token this row must emit next (hint or end marker), or None to let the model choose."""
@@ -282,22 +300,29 @@ class ThinkingBudget(ForcingRule):
         if self.limit is None or not tracker.thinking:
             return None
         first, step = tracker.content_start, len(generated)
-        if self.hint_step is not None and step >= first + self.hint_step:
+        if self.closing_at is not None and step < self.closing_at:  # another sequence
+            self.closing_at = None
+        due = first + self.limit if self.closing_at is None else min(first + self.limit, self.closing_at)
+        if self.closing_at is None and self.hint_step is not None and step >= first + self.hint_step:
             start = self.clean_break(generated, first + self.hint_step, first)
             if start is None:
                 return None
             if step < start + len(self.hint_ids):
                 return self.hint_ids[step - start]
-        if step < first + self.limit:
+        if step < due:
             return None
-        start = self.clean_break(generated, first + self.limit, first)
+        start = self.clean_break(generated, due, first)
         if start is None or step - start >= len(self.markers.end_ids):
             return None
         return self.markers.end_ids[step - start]
 
     def apply(self, generated: Sequence[int], scores: Any) -> None:
-        """`RowRule.apply`: force the hint or the end marker when due; in the answer, apply the answer rules."""
+        """`RowRule.apply`: force the hint or the end marker when due, keep the end of turn out of a
+        budgeted block (the end marker instead, when the model wants to end); in the answer, apply the
+        answer rules."""
         token = self.forced_token(generated)
+        if token is None and self.limit is not None and self.tracker.thinking and len(self.eos_ids):
+            token = self._no_end_of_turn(generated, scores)
         if token is not None:
             force_token(scores, token)
             return
@@ -313,3 +338,16 @@ class ThinkingBudget(ForcingRule):
             kept = scores[first].clone()
             apply_rules(self.answer_rules, [], scores)
             scores[first] = kept
+
+    def _no_end_of_turn(self, generated: Sequence[int], scores: Any) -> int | None:
+        """Inside the block: mask the end-of-turn tokens; if one of them was above every other token,
+        the model is done thinking, and the end marker is due from this step (its first token, or None
+        while a cut character is finished)."""
+        if self.eos_ids.device != scores.device:
+            self.eos_ids = self.eos_ids.to(scores.device)
+        ends = scores[self.eos_ids]
+        scores[self.eos_ids] = -float("inf")
+        if self.closing_at is not None or not bool(ends.max() > scores.max()):
+            return None
+        self.closing_at = len(generated)
+        return self.forced_token(generated)

@@ -2,7 +2,8 @@
 
 `thinking_target` finds the knob-table row (`core.thinking`) of a chat model from its vendor class
 (``ChatOpenAI``, ``ChatAnthropic``, ``ChatGoogleGenerativeAI``, ``ChatOllama``) and its model name, or
-from what the user declared (``thinking="vllm"`` for a ``ChatOpenAI`` pointed at a vLLM server).
+from what the user declared (``thinking="vllm"`` for a ``ChatOpenAI`` pointed at a vLLM server); this
+package's own ``ChatTaleHF`` has the local backend's knob when its chat template has a thinking block.
 `ThinkingTarget.call_kwargs` turns a `ThinkingKnob`'s request fields into the keyword arguments that
 class takes per call, so the vendor's own request building writes them (a table per class: the
 wire field and the argument that carries it).
@@ -10,6 +11,7 @@ wire field and the argument that carries it).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +23,7 @@ from ..core.thinking import (
     ThinkingKnob,
     ThinkingModel,
     ThinkingPolicy,
+    find_thinking_model,
     looks_like_thinking_model,
     resolve_thinking,
     thinking_knob,
@@ -44,6 +47,7 @@ _VENDORS: dict[str, tuple[tuple[Engine, ...], dict[str, str]]] = {
                                                   "thinking_config.thinking_level": "thinking_level",
                                                   "max_output_tokens": "max_output_tokens"}),
     "ChatOllama": ((Engine.OLLAMA,), {"think": "reasoning", "options": "options"}),
+    "ChatTaleHF": ((Engine.HF,), {"thinking_budget": "thinking_budget", "max_tokens": "max_tokens"}),
 }
 #: The model fields ChatOllama sends as ``options`` (its own request building reads these).
 _OLLAMA_OPTIONS = ("mirostat", "mirostat_eta", "mirostat_tau", "num_ctx", "num_gpu", "num_thread", "num_predict",
@@ -81,20 +85,39 @@ def budget_of(record: Mapping[str, Any]) -> Budget | None:
 
 @dataclass(frozen=True, slots=True)
 class ThinkingTarget:
-    """A chat model whose thinking TALE sets: its table row, name, vendor class and output limit."""
+    """A chat model whose thinking TALE sets: its table row, name, vendor class and output limit.
+
+    ``reserve``: output tokens the model itself needs above a thinking budget in its cap, or None; a
+    ``ChatTaleHF``'s block markers and its backend's answer reserve (`HFGenerator.thinking_reserve`).
+    """
 
     row: ThinkingModel
     model: str
     vendor: str
     limit: int | None
     chat: Any
+    reserve: int | None = None
 
     def knob(self, budget: Budget | int | None, policy: ThinkingPolicy, *, cap: bool = True,
              limit: int | None = None) -> ThinkingKnob:
-        """`core.thinking.thinking_knob` for this model, under its own limit and ``limit``."""
+        """`core.thinking.thinking_knob` for this model, under its own limit and ``limit``.
+
+        With a ``reserve``, the policy's answer reserve is raised to it, and a knob whose cap cannot hold
+        the budget and that reserve (the output limit is too small) is not applied: the prompt carries
+        the budget, the reason in ``adjusted``.
+        """
         limits = [v for v in (self.limit, limit) if v is not None]
-        return thinking_knob(self.row, budget, model=self.model, policy=policy, limit=min(limits) if limits else None,
+        if self.reserve is not None and policy.answer_reserve < self.reserve:
+            policy = dataclasses.replace(policy, answer_reserve=self.reserve)
+        knob = thinking_knob(self.row, budget, model=self.model, policy=policy, limit=min(limits) if limits else None,
                              cap=cap)
+        if self.reserve is not None and knob.applied and knob.max_tokens is not None and knob.budget is not None \
+                and knob.max_tokens - knob.budget < self.reserve:
+            reason = (f"the output limit ({knob.max_tokens}) cannot hold {self.vendor}'s thinking block and answer "
+                      f"reserve ({self.reserve} tokens) beside a thinking budget; the budget goes into the prompt")
+            return dataclasses.replace(knob, budget=None, level=None, max_tokens=None, fields={}, applied=False,
+                                       adjusted=reason)
+        return knob
 
     def call_kwargs(self, knob: ThinkingKnob, bound: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The knob's fields as this class's per-call keyword arguments (empty when it is not applied).
@@ -149,23 +172,50 @@ def _is_openai_api(chat: Any) -> bool:
     return not base or "api.openai.com" in str(base)
 
 
-def thinking_target(model: Any, declared: Any = None) -> ThinkingTarget | None:
+def _local_target(model: Any, chat: Any, declared: Any, template: bool) -> ThinkingTarget | None:
+    """A ``ChatTaleHF``'s knob: the local backend's row when its chat template has a thinking block."""
+    name = model_name(model)
+    row = find_thinking_model(name, Engine.HF) if declared is None else resolve_thinking(declared, name,
+                                                                                         engine=Engine.HF)
+    if row.engine is not Engine.HF:
+        raise TaleValueError(f"thinking={declared!r}: ChatTaleHF cannot carry the {row.engine} knob; it takes hf")
+    if not template:
+        return None
+    reserve = chat.generator.thinking_reserve  # reads the chat template: loads the model
+    if reserve is None:
+        if declared is None:
+            return None
+        raise TaleValueError(f"thinking={declared!r}: the chat template of {name!r} has no thinking block; give its "
+                             "markers with HFGenerator(thinking=ThinkingEnforcement(markers=(start, end))), or pass "
+                             "thinking=False to budget the prompt instead")
+    return ThinkingTarget(row=row, model=name, vendor="ChatTaleHF", limit=_limit(model, chat, "ChatTaleHF"), chat=chat,
+                          reserve=reserve)
+
+
+def thinking_target(model: Any, declared: Any = None, *, template: bool = True) -> ThinkingTarget | None:
     """The thinking knob of a (possibly wrapped) chat model, or None: the budget goes into the prompt.
 
     Args:
         model: The chat model.
         declared: The integration's ``thinking`` setting (`core.thinking.resolve_thinking`): None detects
             (OpenAI, Anthropic and Gemini models by name on their vendor class; Ollama thinking families
-            by name); False never uses a knob; True, an engine name or a `ThinkingModel` declares it.
+            by name; a ``ChatTaleHF`` whose chat template has a thinking block); False never uses a knob;
+            True, an engine name or a `ThinkingModel` declares it.
+        template: Read a ``ChatTaleHF``'s chat template, which loads its weights. False (the check a
+            constructor makes) skips it: the declaration is checked against the class only, and a
+            ``ChatTaleHF`` gets None. Detection therefore happens on the first call.
 
     Raises:
-        TaleValueError: a declared knob on a class that cannot carry it.
+        TaleValueError: a declared knob on a class that cannot carry it, or on a ``ChatTaleHF`` whose
+            chat template has no thinking block.
     """
     if declared is False:
         return None
     chat = unwrap_chat_model(model)
     vendor = _vendor(chat) if chat is not None else None
     name = model_name(model)
+    if vendor == "ChatTaleHF":
+        return _local_target(model, chat, declared, template)
     if vendor is None:
         if declared is None:
             return None
@@ -200,10 +250,13 @@ def thinking_target(model: Any, declared: Any = None) -> ThinkingTarget | None:
 def thinks(model: Any) -> bool:
     """Whether the chat model thinks before answering, knob or not: a known thinking family by name, or
     thinking switched on in the model's own settings (``ChatAnthropic(thinking=...)``,
-    ``reasoning_effort``, ``ChatOllama(reasoning=True)``). A hard cap of budget plus a small reserve would
-    be spent on its thinking, so the prompt trigger's cap is not sent to it."""
+    ``reasoning_effort``, ``ChatOllama(reasoning=True)``), or a ``ChatTaleHF`` whose chat template has a
+    thinking block (this loads its weights). A hard cap of budget plus a small reserve would be spent on
+    its thinking, so the prompt trigger's cap is not sent to it."""
     chat = unwrap_chat_model(model)
     if chat is None:
         return False
+    if _vendor(chat) == "ChatTaleHF" and chat.generator.thinking_markers is not None:
+        return True
     own = [getattr(chat, name, None) for name in ("thinking", "reasoning_effort", "reasoning", "thinking_budget")]
     return looks_like_thinking_model(model_name(model)) or any(v not in (None, False, 0, "none") for v in own)

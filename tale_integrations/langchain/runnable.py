@@ -14,7 +14,8 @@ cap (all inputs share one cap unless their budgets differ), the groups running c
 
 Thinking models (`core.thinking`): when the wrapped model is one (``ChatOpenAI`` on a reasoning model,
 ``ChatAnthropic`` with extended thinking, ``ChatGoogleGenerativeAI`` on Gemini 2.5/3, ``ChatOllama`` on a
-thinking family, detected from the class and name, or declared with ``thinking=``), the budget goes to
+thinking family, detected from the class and name; ``ChatTaleHF`` whose chat template has a thinking
+block, detected on the first call; or declared with ``thinking=``), the budget goes to
 its thinking knob (`langchain._thinking`) and the question is asked without the budget trigger; the
 metadata's ``budget_via`` says which, and ``thinking`` holds the knob's request fields.
 
@@ -109,12 +110,13 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
             or a chat model).
         estimator_max_tokens: Cap on the zero-shot estimator's reply (a few tokens are expected).
         thinking: Whether the model's thinking knob carries the budget (`core.thinking.resolve_thinking`):
-            None detects it from the model's class and name; False always writes the budget into the
-            prompt; True, an engine name (``"vllm"`` for a ``ChatOpenAI`` on a vLLM server, ``"sglang"``,
-            ``"llamacpp"``) or a `core.thinking.ThinkingModel` declares it. The knob wins over call
-            arguments of the same name.
+            None detects it from the model's class and name (a ``ChatTaleHF`` from its chat template, on
+            the first call); False always writes the budget into the prompt; True, an engine name
+            (``"vllm"`` for a ``ChatOpenAI`` on a vLLM server, ``"sglang"``, ``"llamacpp"``, ``"hf"``) or a
+            `core.thinking.ThinkingModel` declares it. The knob wins over call arguments of the same name.
         thinking_policy: `core.thinking.ThinkingPolicy`: the answer reserve above the thinking budget in
-            the output cap, and the budget thresholds of effort levels.
+            the output cap (on a ``ChatTaleHF``, at least its block's markers and its backend's own
+            answer reserve, `HFGenerator.thinking_reserve`), and the budget thresholds of effort levels.
 
     Per call: ``configurable_fields`` works on every field (``budget``, ``policy``, ``estimator``...);
     ``invoke(..., **kwargs)`` passes ``kwargs`` (``temperature``, ``stop``...) to the answer calls.
@@ -157,7 +159,8 @@ class TaleRunnable(RunnableSerializable[TaleInput, AIMessage]):
     def _build_estimator(self) -> Self:
         self._estimator = as_estimator(self.estimator, self.model, prompt=self.estimation_prompt,
                                        max_tokens=self.estimator_max_tokens)
-        thinking_target(self.model, self.thinking)  # a declared knob the model cannot carry fails here
+        # a declared knob the model's class cannot carry fails here; a local model's template is read on the first call
+        thinking_target(self.model, self.thinking, template=False)
         return self
 
     @property

@@ -47,6 +47,8 @@ NEVER_CLOSES = {"Ċ": "<think>", "<think>": " 7", "</think>": "[[40]]", "[[40]]"
 #: Thinks "xyz" and closes the block itself, then answers.
 CLOSES_EARLY = {"Ċ": "<think>", "<think>": "x", "x": "y", "y": "z", "z": "</think>", "</think>": "[[40]]",
                 "[[40]]": "EOS"}
+#: Thinks "x" and ends its turn inside the block; once the block is closed for it, answers [[40]] and ends.
+ENDS_INSIDE = {"Ċ": "<think>", "<think>": "x", "x": "EOS", "</think>": "[[40]]", "[[40]]": "EOS"}
 
 
 def ids(tok, text):
@@ -134,6 +136,144 @@ async def test_astream_splits_too(chain):
     [g] = await gen.agenerate([Q], max_tokens=60, thinking_budgets=[10])
     assert g == events[-1].final
 
+
+
+# -- the end of turn inside a budgeted block ------------------------------------------------------------
+
+
+def test_an_end_of_turn_inside_a_budgeted_block_closes_the_block_and_the_model_answers(chain, think_tok):
+    gen = chain(ENDS_INSIDE)
+    [free] = gen.generate([Q], max_tokens=60)  # no budget: no rule, the model ends inside its block
+    assert free.reasoning == "x" and free.text == "" and free.finish_reason == "stop"
+    assert free.usage.reasoning_tokens == free.usage.output_tokens == 3  # <think> x <|im_end|>
+    [g] = gen.generate([Q], max_tokens=60, thinking_budgets=[10])
+    assert g.reasoning == "x" and g.text == "[[40]]" and g.finish_reason == "stop"
+    assert g.usage.reasoning_tokens == len(ids(think_tok, "<think>x</think>")) == 3
+    assert g.usage.output_tokens == 3 + 2
+    events = list(gen.stream(Q, max_tokens=60, thinking_budget=10))
+    assert events[-1].final == g and "".join(e.text for e in events) == "[[40]]"
+
+
+def test_an_end_of_turn_in_a_block_the_template_opened_closes_it_too(chain):
+    gen = chain({"Ċ": "x", "x": "EOS", "</think>": "[[40]]", "[[40]]": "EOS"}, chat_template_kwargs=OPEN)
+    [g] = gen.generate([Q], max_tokens=60, thinking_budgets=[10])
+    assert g.reasoning == "x" and g.text == "[[40]]" and g.usage.reasoning_tokens == 2
+
+
+def test_an_end_of_turn_forces_an_end_marker_of_several_tokens_whole(chain, multi_tok):
+    gen = chain({"Ċ": "x", "x": "EOS", ">": "[[40]]", "[[40]]": "EOS"}, tokenizer=multi_tok, chat_template_kwargs=OPEN)
+    markers = gen.thinking_markers
+    assert len(markers.end_ids) > 1
+    [g] = gen.generate([Q], max_tokens=60, thinking_budgets=[10])
+    assert g.reasoning == "x" and g.text == "[[40]]" and g.usage.reasoning_tokens == 1 + len(markers.end_ids)
+
+
+def test_an_end_of_turn_after_half_a_character_finishes_the_character_first(chain):
+    # "é" is two byte-level tokens: the model wants to end after the first; the end of turn is masked,
+    # its runner-up finishes the character, and only then is the end marker forced.
+    gen = chain({"Ċ": "<think>", "<think>": "Ã", "Ã": "EOS", "</think>": "[[40]]", "[[40]]": "EOS"}, default="©")
+    [g] = gen.generate([Q], max_tokens=60, thinking_budgets=[10])
+    assert g.reasoning == "é" and g.text == "[[40]]" and g.usage.reasoning_tokens == 1 + 2 + 1
+
+
+def test_each_row_of_a_batch_keeps_its_own_rule_for_the_end_of_turn(chain):
+    gen = chain(ENDS_INSIDE)
+    budgets = [None, 10, 0, 1, 10]
+    out = gen.generate([Q] * len(budgets), max_tokens=30, thinking_budgets=budgets)
+    assert [(g.reasoning, g.text) for g in out] == [("x", ""), ("x", "[[40]]"), ("", "[[40]]"), ("x", "[[40]]"),
+                                                    ("x", "[[40]]")]
+    assert [g.usage.reasoning_tokens for g in out] == [3, 3, 2, 3, 3]
+    assert [gen.generate([Q], max_tokens=30, thinking_budgets=[b])[0] for b in budgets] == out
+
+
+def test_a_model_that_closes_its_block_and_then_ends_is_left_alone(chain):
+    # After the end marker nothing changes: an end of turn there ends the row, with an empty answer.
+    script = {**CLOSES_EARLY, "</think>": "EOS"}
+    gen = chain(script)
+    [free] = gen.generate([Q], max_tokens=60)
+    [budgeted] = gen.generate([Q], max_tokens=60, thinking_budgets=[10])
+    assert budgeted == free
+    assert free.reasoning == "xyz" and free.text == "" and free.usage.reasoning_tokens == 5
+
+
+def _budget_rule(gen, think_tok, budget=10):
+    decoder = gen.load()._decoder
+    prompt = gen.encode_chat(Q, chat_template_kwargs=OPEN)
+    [rule] = decoder.row_rules(budget=None, cap=60, answer_format="chat", thinking_budget=budget, prompt=prompt)
+    assert set(rule.eos_ids.tolist()) == decoder.eos_ids == {think_tok.eos_token_id}
+    return rule
+
+
+def test_the_rule_masks_an_end_of_turn_the_model_does_not_prefer_and_closes_on_one_it_does(chain, think_tok):
+    import torch
+
+    gen = chain(NEVER_CLOSES)
+    eos, [seven], [end] = think_tok.eos_token_id, ids(think_tok, " 7"), ids(think_tok, "</think>")
+    rule = _budget_rule(gen, think_tok)
+    scores = torch.zeros(len(think_tok))
+    scores[seven], scores[eos] = 5.0, 4.9  # a close runner-up
+    before = scores.clone()
+    rule.apply([seven], scores)
+    assert scores[eos] == -float("inf") and rule.closing_at is None
+    scores[eos] = before[eos]
+    assert torch.equal(scores, before)  # nothing else changed
+    scores[eos] = 5.1  # now the model prefers to end: the end marker instead
+    rule.apply([seven, seven], scores)
+    assert int(scores.argmax()) == end and int(scores.isfinite().sum()) == 1 and rule.closing_at == 2
+    tie = _budget_rule(gen, think_tok)
+    scores = torch.zeros(len(think_tok))  # a tie is no preference: masked, not closed
+    tie.apply([seven], scores)
+    assert scores[eos] == -float("inf") and int(scores.isfinite().sum()) == len(think_tok) - 1
+    unbudgeted = gen._decoder.row_rules(budget=None, cap=60, answer_format="chat", thinking_budget=None,
+                                        prompt=gen.encode_chat(Q, chat_template_kwargs=OPEN))
+    assert unbudgeted == []  # no budget: no rule at all
+
+
+def _sometimes_ends(tok):
+    """Inside the block " 7" leads and the end of turn is a close runner-up (p = 0.38 a step at temperature 1)."""
+    import torch
+    from tiny_models import build_ranking_model
+
+    model = build_ranking_model(tok, {"": [" 7", tok.eos_token], "</think>": ["[[40]]"], "[[40]]": [tok.eos_token]})
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+        model.lm_head.weight[tok.eos_token_id, 0] = 39.5  # " 7" scores 40
+    return model
+
+
+def test_a_sampled_model_that_prefers_to_think_on_never_ends_inside_the_block(think_tok):
+    gen = HFGenerator.from_model(_sometimes_ends(think_tok), think_tok, model_name="sampled", seed=3,
+                                 thinking=ThinkingEnforcement(answer_reserve=RESERVE), chat_template_kwargs=OPEN)
+    free = gen.generate([Q] * 8, max_tokens=30, temperature=1.0)
+    assert sum(g.text == "" and g.finish_reason == "stop" for g in free) >= 6  # without a budget it ends inside
+    out = gen.generate([Q] * 8, max_tokens=30, temperature=1.0, thinking_budgets=[6] * 8)
+    assert all(g.reasoning == " ".join(["7"] * 6) and g.text == "[[40]]" for g in out), [
+        (g.reasoning, g.text) for g in out]
+
+
+def test_the_step_scheduler_applies_the_same_rule(chain, think_tok):
+    from tale_integrations.backends.hf.scheduler import StepScheduler
+
+    gen = chain(ENDS_INSIDE)
+    budgets = [None, 10, 0, 1]
+    direct = gen.generate([Q] * len(budgets), max_tokens=30, thinking_budgets=budgets)
+    sampled = HFGenerator.from_model(_sometimes_ends(think_tok), think_tok, model_name="sampled", seed=3,
+                                     thinking=ThinkingEnforcement(answer_reserve=RESERVE), chat_template_kwargs=OPEN)
+    schedulers = [StepScheduler(gen, max_rows=4).start(), StepScheduler(sampled, max_rows=4).start()]
+    try:
+        rows = [schedulers[0].submit(Q, max_tokens=30, thinking_budget=b) for b in budgets]
+        free = [schedulers[1].submit(Q, max_tokens=30, temperature=1.0) for _ in range(4)]
+        held = [schedulers[1].submit(Q, max_tokens=30, temperature=1.0, thinking_budget=6) for _ in range(4)]
+        results = [r.result(60) for r in rows]
+        free_results, held_results = [r.result(60) for r in free], [r.result(60) for r in held]
+    finally:
+        for s in schedulers:
+            s.close(timeout=60)
+    assert [(g.reasoning, g.text, g.usage.reasoning_tokens, g.finish_reason) for g in results] == [
+        (g.reasoning, g.text, g.usage.reasoning_tokens, g.finish_reason) for g in direct]
+    assert results[0].text == "" and results[1].text == "[[40]]"
+    assert sum(g.text == "" for g in free_results) >= 3
+    assert all(g.reasoning == " ".join(["7"] * 6) and g.text == "[[40]]" for g in held_results)
 
 # -- caps: the answer is never lost to the cap --------------------------------------------------------
 
@@ -336,7 +476,7 @@ def test_row_rules_and_finish_give_the_split_to_any_decoding_loop(chain, think_t
     while len(tokens) < 10:
         scores = torch.zeros(len(think_tok))
         rule.apply(tokens, scores)
-        forced = int(scores.argmax()) if scores.isinf().any() else None
+        forced = int(scores.argmax()) if int(scores.isfinite().sum()) == 1 else None
         tokens.append(forced if forced is not None else script[min(len(tokens), len(script) - 1)])
         if tokens[-1] == think_tok.eos_token_id:
             break

@@ -235,7 +235,8 @@ class BatchDecoder:
         if state == "closed" or (limit is None and not rules):
             return rules
         return [ThinkingBudget(thinking, budget=thinking_budget, prompt=prompt, max_tokens=cap,
-                               answer_reserve=policy.answer_reserve, hint_at=policy.hint_at, answer_rules=rules)]
+                               answer_reserve=policy.answer_reserve, hint_at=policy.hint_at, answer_rules=rules,
+                               eos_ids=self.eos_ids)]
 
     def finish(self, prompt: Sequence[int], tokens: list[int], stop: Sequence[str] | None,
                stopped_at: int | None = None) -> Generation:

@@ -217,6 +217,15 @@ class HFGenerator:
         or None for a model without one (loads the model if needed)."""
         return self.load()._decoder.thinking
 
+    @property
+    def thinking_reserve(self) -> int | None:
+        """Output tokens a thinking budget needs above itself in a row's cap: the block's markers
+        (`ThinkingMarkers.overhead`, the start marker included) and `ThinkingEnforcement.answer_reserve`;
+        None for a model without a thinking block (loads the model if needed). A thinking knob for this
+        model (`core.thinking.ThinkingPolicy.answer_reserve`) keeps at least this much for its budget to hold."""
+        markers = self.thinking_markers
+        return None if markers is None else markers.overhead("none") + self.settings.thinking.answer_reserve
+
     def encode_chat(self, messages: Sequence[Message], *,
                     chat_template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
         """Token ids of one conversation under the chat template, with the assistant turn opened.

@@ -81,7 +81,9 @@ def check_template_kwargs(name: str, value: Any) -> Mapping[str, Any] | None:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ThinkingEnforcement:
     """How thinking budgets are kept on a model whose chat template has a thinking block
-    (``backends/thinking.py``: `ThinkingBudget`).
+    (``backends/thinking.py``: `ThinkingBudget`). Inside a budgeted block the row cannot end its
+    turn: an end of turn the model prefers there is replaced by the end marker, so the row goes on
+    to its answer.
 
     Attributes:
         markers: The block's (start, end) text, e.g. ``("<think>", "</think>")``; None (default)
