@@ -363,6 +363,20 @@ class ThinkingPolicy:
         """The level a budget asks for, before the model's accepted levels apply."""
         return next((lv for lv, ceiling in self.level_ceilings if budget <= ceiling), "max")
 
+    def budget_for(self, level: str) -> int | None:
+        """The thinking budget a level stands for, the inverse of `level_for`: the ceiling of the first
+        level at or above it; 0 for ``"none"``; None (unlimited) for ``"max"`` and above the last ceiling.
+
+        Raises:
+            TaleValueError: ``level`` is not one of `LEVELS`.
+        """
+        if level not in LEVELS:
+            raise TaleValueError(f"a thinking level is one of {list(LEVELS)}, got {level!r}")
+        if level == "none":
+            return 0
+        rank = LEVELS.index(level)
+        return next((ceiling for lv, ceiling in self.level_ceilings if LEVELS.index(lv) >= rank), None)
+
     def allowance(self, level: str, budget: int) -> int:
         """Thinking tokens the output cap allows at ``level``: its ceiling (the budget if larger)."""
         ceilings = dict(self.level_ceilings)

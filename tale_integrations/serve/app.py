@@ -18,6 +18,10 @@ cap of 16 tokens when ``max_tokens`` is not given. Chat requests with no ``max_t
 generator's ``max_new_tokens``, lowered to the room left in the context window and to
 ``max_tokens_limit``, which is also the most a request may ask for.
 
+Chat requests may offer ``tools`` (with ``tool_choice``), ask for a ``response_format`` (``json_object``,
+``json_schema``), and set a thinking budget (``reasoning_effort``, ``thinking_token_budget``,
+``chat_template_kwargs``) on a model whose chat template has a thinking block: `serve.turns`.
+
 Requests without ``tale_budget`` are plain OpenAI requests. With it, see `serve.tale`.
 Errors: the table in `serve.errors`.
 """
@@ -42,6 +46,7 @@ from ..core.checks import check_choice, check_number, check_positive_int  # noqa
 from ..core.estimators import get_estimator, is_zero_shot  # noqa: E402
 from ..core.generation import PromptTooLongError  # noqa: E402
 from ..core.prompts import QuestionFormat  # noqa: E402
+from ..core.thinking import Engine, ThinkingPolicy, find_thinking_model  # noqa: E402
 from .batcher import BatcherClosed, ContinuousBatcher, MicroBatcher  # noqa: E402
 from .errors import APIError, bad_request, chat_template_error, context_length_exceeded, unsupported  # noqa: E402
 from .guards import SafeJSONResponse, install_error_handlers, install_guards, read_json, request_id  # noqa: E402
@@ -49,6 +54,7 @@ from .params import COMPLETIONS_DEFAULT_MAX_TOKENS, GenerationRequest, parse_cha
 from .responses import Shape  # noqa: E402
 from .streaming import StreamPump, sse_events  # noqa: E402
 from .tale import TalePlan, plan_budget  # noqa: E402
+from .turns import CONSTRAIN_MODES, ConstrainMode, ServeTurn  # noqa: E402
 
 __all__ = ["SCHEDULERS", "create_app"]
 
@@ -142,6 +148,7 @@ def create_app(
     allow_origins: Iterable[str] = (),
     allowed_hosts: Iterable[str] | None = None,
     shutdown_timeout: float | None = 30.0,
+    constrain: ConstrainMode = "auto",
 ) -> FastAPI:
     """An OpenAI-compatible app serving ``generator``.
 
@@ -166,12 +173,16 @@ def create_app(
         allow_origins: Origins whose browser requests are answered (``"*"``: all); see `serve.guards`.
         allowed_hosts: Host names the server answers to (None: any); see `guards.default_allowed_hosts`.
         shutdown_timeout: Seconds requests in flight get to finish at shutdown (None: no limit).
+        constrain: When tool calls and structured output are held to their schema while decoding:
+            ``"auto"`` (default: JSON response formats, required tool calls, ``strict`` schemas),
+            ``"always"`` (every turn with tools too) or ``"never"``; see `serve.turns`.
     """
     for method in ("generate", "stream", "encode_chat"):
         if not callable(getattr(generator, method, None)):
             raise TypeError(f"generator must be an HFGenerator (with {method}), got {type(generator).__name__}")
     check_positive_int("max_body_bytes", max_body_bytes)
     check_choice("scheduler", scheduler, SCHEDULERS)
+    check_choice("constrain", constrain, CONSTRAIN_MODES)
     check_positive_int("max_queue", max_queue)
     check_positive_int("max_tokens_limit", max_tokens_limit, optional=True)
     if shutdown_timeout is not None:
@@ -201,6 +212,7 @@ def create_app(
     app.state.batcher = batcher
     app.state.served_model_name = name
     app.state.scheduler = scheduler
+    app.state.constrain = constrain
     install_error_handlers(app)
     install_guards(app, api_key=api_key, allow_origins=allow_origins, allowed_hosts=allowed_hosts)
 
@@ -214,13 +226,23 @@ def create_app(
             raise APIError(404, f"The model `{model}` does not exist; this server serves `{name}`",
                            param="model", code="model_not_found")
 
-    def encode(messages: list[dict[str, str]]) -> list[int]:
+    def encode(turn: ServeTurn) -> list[int]:
         with _backend_errors():
-            return generator.encode_chat(messages)
+            return generator.encode_chat(turn.conversation, chat_template_kwargs=turn.template_kwargs)
 
-    async def fit(messages: list[dict[str, str]], req: GenerationRequest) -> int:
-        """The output cap for ``messages``, or a context-length error."""
-        ids = await asyncio.to_thread(encode, messages)
+    def thinking_room(ids: list[int], turn: ServeTurn) -> int:
+        """Output tokens a turn's thinking budget needs (the block's markers, the budget and the answer's
+        reserve), or 0: no budget, or a prompt that closed the block."""
+        markers = generator.thinking_markers if turn.thinking_budget is not None else None
+        state = markers.prompt_state(ids) if markers is not None else "closed"
+        if state == "closed":
+            return 0
+        return markers.overhead(state) + generator.settings.thinking.answer_reserve + turn.thinking_budget
+
+    async def fit(turn: ServeTurn, req: GenerationRequest) -> int:
+        """The output cap for the turn's conversation, or a context-length error. With no ``max_tokens``,
+        the default is raised to hold a thinking budget (within the context and ``max_tokens_limit``)."""
+        ids = await asyncio.to_thread(encode, turn)
         window = generator.context_window
         if len(ids) >= window:
             raise context_length_exceeded(
@@ -238,22 +260,28 @@ def create_app(
                                   f"output tokens per request; ask for at most {max_tokens_limit}", param="max_tokens")
             return req.max_tokens
         default = generator.max_new_tokens if req.kind == "chat" else COMPLETIONS_DEFAULT_MAX_TOKENS
+        default = max(default, thinking_room(ids, turn))
         return min(default, room, max_tokens_limit or room)
 
-    async def prepare(req: GenerationRequest, cancel: threading.Event) -> tuple[TalePlan | None, list, int]:
-        """The TALE plan (if any), the conversation to answer and its output cap."""
-        cap = await fit(req.messages, req)
+    async def prepare(req: GenerationRequest, cancel: threading.Event) -> tuple[TalePlan | None, ServeTurn, int]:
+        """The TALE plan (if any), the turn to answer and its output cap."""
+        with _backend_errors():
+            turn = await asyncio.to_thread(ServeTurn.for_request, generator, req, constrain=constrain)
+        cap = await fit(turn, req)
         if req.tale_enforce:
             reserve = generator.enforcement.answer_reserve
             if cap <= reserve:
                 raise bad_request(f"tale_enforce needs max_tokens above the enforcer's answer reserve ({reserve}), "
                                   f"got {cap}", param="max_tokens")
         if req.tale_budget is None:
-            return None, req.messages, cap
+            return None, turn, cap
+        thinking = {"thinking": find_thinking_model("", Engine.HF), "model": name,
+                    "thinking_policy": ThinkingPolicy(answer_reserve=generator.thinking_reserve)} if turn.thinks else {}
         with _backend_errors():
             plan = await plan_budget(req.messages, req.tale_budget, batcher=batcher, limit=cap,
-                                     enforce=req.tale_enforce, cancel=cancel, estimator=auto_estimator)
-        return plan, plan.messages, await fit(plan.messages, req)
+                                     enforce=req.tale_enforce, cancel=cancel, estimator=auto_estimator, **thinking)
+        turn = turn.with_plan(plan.messages, plan.thinking_budget)
+        return plan, turn, await fit(turn, req)
 
     async def answer(request: Request, req: GenerationRequest) -> Response:
         check_model(req.model)
@@ -263,33 +291,34 @@ def create_app(
         batcher.check_room()  # a full queue refuses at once, before any work
         cancel = batcher.new_cancel()
 
-        def budget_of(plan: TalePlan | None) -> int | None:
-            return None if plan is None else plan.enforced_budget
+        def settings(plan: TalePlan | None, turn: ServeTurn, cap: int) -> dict[str, Any]:
+            """The batchers' keyword arguments for the answer: no enforced budget on a reply held to a
+            schema or that may call a tool (a cap must not cut its JSON)."""
+            budget = None if plan is None or turn.holds_json else plan.enforced_budget
+            return {"max_tokens": cap, "temperature": req.temperature, "stop": req.stop, "budget": budget,
+                    "answer_rules": turn.answer_rules(generator, cap), **turn.decoding()}
 
         if not req.stream:
             async def work() -> Response:
-                plan, messages, cap = await prepare(req, cancel)
+                plan, turn, cap = await prepare(req, cancel)
                 with _backend_errors():
-                    generation = await batcher.submit(
-                        messages, max_tokens=cap, temperature=req.temperature, stop=req.stop,
-                        budget=budget_of(plan), cancel=cancel)
-                return SafeJSONResponse(Shape(req.kind, name, tale=plan).response(generation))
+                    generation = await batcher.submit(turn.conversation, cancel=cancel, **settings(plan, turn, cap))
+                return SafeJSONResponse(Shape(req.kind, name, tale=plan, turn=turn).response(generation))
 
             return await _watch(request, work(), cancel)
-        plan, messages, cap = await _watch(request, prepare(req, cancel), cancel)
-        shape = Shape(req.kind, name, tale=plan, include_usage=req.include_usage)
+        plan, turn, cap = await _watch(request, prepare(req, cancel), cancel)
+        shape = Shape(req.kind, name, tale=plan, include_usage=req.include_usage, turn=turn)
         if isinstance(batcher, ContinuousBatcher):
             with _backend_errors():
                 events = await _watch(request, batcher.open_stream(
-                    messages, max_tokens=cap, temperature=req.temperature, stop=req.stop, budget=budget_of(plan),
-                    cancel=cancel), cancel)
+                    turn.conversation, cancel=cancel, **settings(plan, turn, cap)), cancel)
             on_close = cancel.set
         else:
             if not batcher.running:
                 raise BatcherClosed("the server is shutting down and takes no new requests")
-            settings = {"max_tokens": cap, "stop": list(req.stop) or None, "temperature": req.temperature,
-                        "budget": budget_of(plan), "answer_format": QuestionFormat.CHAT}
-            pump = StreamPump(generator, messages, settings).start()
+            kwargs = settings(plan, turn, cap)
+            kwargs["stop"] = list(req.stop) or None
+            pump = StreamPump(generator, turn.conversation, {**kwargs, "answer_format": QuestionFormat.CHAT}).start()
             events, on_close = pump.events(), pump.stop
         return _EventStream(sse_events(events, shape, request_id=request_id(request)), on_close=on_close,
                             media_type="text/event-stream",

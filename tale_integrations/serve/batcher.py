@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,15 @@ class _Job:
     budget: int | None
     cancel: threading.Event
     future: asyncio.Future[Generation] = field(repr=False)
+    answer_rules: list[Any] = field(default_factory=list)
+    thinking_budget: int | None = None
+    chat_template_kwargs: Mapping[str, Any] | None = None
+
+    def group(self) -> tuple[Any, ...]:
+        """What rows of one batched call must share: temperature, stop strings, template arguments."""
+        kwargs = json.dumps(dict(self.chat_template_kwargs), sort_keys=True, default=repr) \
+            if self.chat_template_kwargs else None
+        return self.temperature, self.stop, kwargs
 
 
 class MicroBatcher:
@@ -161,8 +171,12 @@ class MicroBatcher:
         stop: Sequence[str] = (),
         budget: int | None = None,
         cancel: threading.Event | None = None,
+        answer_rules: Sequence[Any] = (),
+        thinking_budget: int | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> Generation:
-        """Queue one conversation and wait for its `Generation`.
+        """Queue one conversation and wait for its `Generation`. ``answer_rules`` (decoding rules for this
+        row, used once), ``thinking_budget`` and ``chat_template_kwargs`` are `HFGenerator.stream`'s.
 
         Raises:
             BatcherClosed: the batcher is not running.
@@ -178,6 +192,9 @@ class MicroBatcher:
             budget=budget,
             cancel=cancel if cancel is not None else threading.Event(),
             future=asyncio.get_running_loop().create_future(),
+            answer_rules=list(answer_rules),
+            thinking_budget=thinking_budget,
+            chat_template_kwargs=chat_template_kwargs,
         )
         self._pending.append(job)
         self._arrived.set()
@@ -220,9 +237,9 @@ class MicroBatcher:
                 _settle(job.future, error=JobCancelled("the request was cancelled before it was generated"))
             else:
                 live.append(job)
-        groups: dict[tuple[float, tuple[str, ...]], list[_Job]] = {}
+        groups: dict[tuple[Any, ...], list[_Job]] = {}
         for job in live:
-            groups.setdefault((job.temperature, job.stop), []).append(job)
+            groups.setdefault(job.group(), []).append(job)
         loop = asyncio.get_running_loop()
         for jobs in groups.values():
             self._generating = jobs
@@ -258,7 +275,8 @@ class MicroBatcher:
         default = getattr(self.generator, "max_new_tokens", 0)
         batches: list[tuple[int, int, list[_Job]]] = []  # (longest prompt, largest cap, rows)
         for job in jobs:
-            length, cap = len(encode(job.messages)), job.max_tokens or default
+            length = len(encode(job.messages, chat_template_kwargs=job.chat_template_kwargs))
+            cap = job.max_tokens or default
             for k, (width, top, rows) in enumerate(batches):
                 if max(width, length) + max(top, cap) <= window:
                     batches[k] = (max(width, length), max(top, cap), [*rows, job])
@@ -275,8 +293,12 @@ class MicroBatcher:
         except Exception as exc:
             if len(jobs) == 1:
                 return [exc]
+            exc_of_batch = exc
         outcomes: list[Generation | Exception] = []
         for job in jobs:
+            if job.answer_rules:  # its rules saw the failed call's tokens: they cannot be run again
+                outcomes.append(exc_of_batch)
+                continue
             try:
                 outcomes.extend(self._call([job]))
             except Exception as exc:
@@ -286,6 +308,14 @@ class MicroBatcher:
     def _call(self, jobs: list[_Job]) -> list[Generation]:
         first = jobs[0]
         budgets = [job.budget for job in jobs]
+        thinking = [job.thinking_budget for job in jobs]
+        extra: dict[str, Any] = {}
+        if any(job.answer_rules for job in jobs):
+            extra["answer_rules"] = [job.answer_rules for job in jobs]
+        if any(b is not None for b in thinking):
+            extra["thinking_budgets"] = thinking
+        if first.chat_template_kwargs:
+            extra["chat_template_kwargs"] = first.chat_template_kwargs
         return self.generator.generate(
             [job.messages for job in jobs],
             max_tokens=[job.max_tokens for job in jobs],
@@ -294,6 +324,7 @@ class MicroBatcher:
             budgets=budgets if any(b is not None for b in budgets) else None,
             answer_format=self.answer_format,
             cancel=[job.cancel for job in jobs],
+            **extra,
         )
 
 
@@ -378,8 +409,12 @@ class ContinuousBatcher:
         stop: Sequence[str] = (),
         budget: int | None = None,
         cancel: threading.Event | None = None,
+        answer_rules: Sequence[Any] = (),
+        thinking_budget: int | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> Generation:
-        """Generate one conversation in the running batch and return its `Generation`.
+        """Generate one conversation in the running batch and return its `Generation` (the arguments as
+        `MicroBatcher.submit`'s).
 
         Raises:
             QueueFull: too many requests are waiting.
@@ -387,7 +422,9 @@ class ContinuousBatcher:
             JobCancelled: ``cancel`` was set before the request finished.
         """
         row = await asyncio.to_thread(self.scheduler.submit, messages, max_tokens=max_tokens,
-                                      stop=list(stop) or None, temperature=temperature, budget=budget, cancel=cancel)
+                                      stop=list(stop) or None, temperature=temperature, budget=budget, cancel=cancel,
+                                      answer_rules=answer_rules, thinking_budget=thinking_budget,
+                                      chat_template_kwargs=chat_template_kwargs)
         try:
             return await row.aresult()
         finally:
@@ -403,6 +440,9 @@ class ContinuousBatcher:
         stop: Sequence[str] = (),
         budget: int | None = None,
         cancel: threading.Event,
+        answer_rules: Sequence[Any] = (),
+        thinking_budget: int | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """Queue one conversation and return its stream of `StreamEvent` values (the last carries the
         `Generation`). Refusals (`QueueFull`, bad arguments) raise here, before any event; closing the
@@ -417,7 +457,8 @@ class ContinuousBatcher:
 
         row = await asyncio.to_thread(self.scheduler.submit, messages, max_tokens=max_tokens,
                                       stop=list(stop) or None, temperature=temperature, budget=budget,
-                                      cancel=cancel, listener=listener)
+                                      cancel=cancel, listener=listener, answer_rules=answer_rules,
+                                      thinking_budget=thinking_budget, chat_template_kwargs=chat_template_kwargs)
         row.future.add_done_callback(lambda _: loop.call_soon_threadsafe(tokens.put_nowait, _END))
         decoder = self.generator._decoder
         markers = getattr(decoder, "thinking", None)
@@ -449,21 +490,28 @@ class BatchedGenerator(BaseGenerator):
     Args:
         batcher: The running batcher.
         cancel: Cancel event shared with the request the estimate is for.
+        thinking_budget: The thinking budget of every call, on a model whose chat template has a
+            thinking block (0: answer without thinking), or None.
     """
 
-    def __init__(self, batcher: ContinuousBatcher | MicroBatcher, *, cancel: threading.Event | None = None) -> None:
+    def __init__(self, batcher: ContinuousBatcher | MicroBatcher, *, cancel: threading.Event | None = None,
+                 thinking_budget: int | None = None) -> None:
         self.batcher = batcher
         self.cancel = cancel
+        self.thinking_budget = thinking_budget
         self.model_name = batcher.generator.model_name
 
     def _generate(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[Generation]:
         """Generate directly with the underlying generator (outside any batch)."""
-        return self.batcher.generator.generate(conversations, **sampling.to_dict())
+        thinking = {} if self.thinking_budget is None else {"thinking_budgets": [self.thinking_budget] * len(
+            conversations)}
+        return self.batcher.generator.generate(conversations, **sampling.to_dict(), **thinking)
 
     async def _agenerate(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[Generation]:
         """Queue every conversation in the batcher; results in order."""
         return list(await asyncio.gather(*(
             self.batcher.submit(c, max_tokens=sampling.max_tokens, stop=sampling.stop or (),
-                                temperature=sampling.temperature, cancel=self.cancel)
+                                temperature=sampling.temperature, cancel=self.cancel,
+                                thinking_budget=self.thinking_budget)
             for c in conversations
         )))

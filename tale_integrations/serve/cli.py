@@ -90,6 +90,10 @@ def add_serve_parser(subparsers: Any) -> None:
     serve.add_argument("--scheduler", default="continuous", choices=["continuous", "microbatch"],
                        help="continuous: requests and streams join the running batch at each decoding step (default); "
                        "microbatch: the earlier micro-batcher (streams one at a time)")
+    serve.add_argument("--constrain", default="auto", choices=["auto", "always", "never"],
+                       help="when tool calls and structured output are held to their JSON schema while decoding: "
+                       "auto = JSON response formats, required tool calls and 'strict' schemas (default); always = "
+                       "also turns where the model may call a tool or answer in text; never = no constraint")
     serve.add_argument("--max-batch-size", type=_positive, default=16, metavar="N",
                        help="most requests decoding together; 1 = one at a time (default %(default)s)")
     serve.add_argument("--max-queue", type=_positive, default=256, metavar="N",
@@ -181,7 +185,8 @@ def run_serve(args: argparse.Namespace) -> int:
         generator, max_body_bytes=args.max_body_bytes, max_batch_size=args.max_batch_size,
         batch_window_ms=args.batch_window_ms, served_model_name=args.served_model_name, estimator=args.estimator,
         scheduler=args.scheduler, max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit,
-        prefill_tokens=args.prefill_tokens, shutdown_timeout=args.shutdown_timeout, **guards,
+        prefill_tokens=args.prefill_tokens, shutdown_timeout=args.shutdown_timeout, constrain=args.constrain,
+        **guards,
     )
     return launch(app, args, api_key, serving=f"model {app.state.served_model_name!r}", behind="the model")
 

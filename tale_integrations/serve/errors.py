@@ -8,7 +8,8 @@ The status table (also in ``docs/vllm_and_openai.md``):
                                 an unrecognised parameter (code ``unknown_parameter``), text that is
                                 not valid Unicode, named by field (code ``invalid_unicode``), messages
                                 the chat template refuses (code ``chat_template_error``), ``max_tokens``
-                                above the server's ``--max-tokens-limit``
+                                above the server's ``--max-tokens-limit``, a tool or response schema
+                                that is not JSON Schema or that the constraint cannot compile (named)
  401   invalid_request_error    missing or wrong ``Authorization: Bearer`` key (code ``invalid_api_key``)
  403   invalid_request_error    an ``Origin`` header not allowed by ``--allow-origin`` (code
                                 ``origin_not_allowed``), a Host outside the allow-list (code
@@ -18,9 +19,10 @@ The status table (also in ``docs/vllm_and_openai.md``):
  413   invalid_request_error    body over the size limit (code ``request_too_large``)
  415   invalid_request_error    a POST body that is not ``application/json`` in UTF-8
                                 (code ``unsupported_media_type``)
- 422   invalid_request_error    a well-formed parameter this server does not support (n > 1, tools,
-                                logprobs, json response formats, ``tale_enforce`` without ``--enforce``)
-                                (code ``unsupported_parameter``)
+ 422   invalid_request_error    a well-formed parameter this server does not support (n > 1, logprobs,
+                                hosted tools, ``tale_enforce`` without ``--enforce``, a thinking budget
+                                on a model without a thinking block, ``strict`` under ``--constrain
+                                never``) (code ``unsupported_parameter``)
  429   rate_limit_error         the waiting queue is full (``--max-queue``); ``Retry-After`` says
                                 when to try again (code ``rate_limit_exceeded``)
  500   server_error             a bug: the error object with the request id only (the server's log

@@ -7,7 +7,10 @@ of the running batch). Under the micro-batcher they come from a `StreamPump`: ea
 serialises it with the batches; when the client goes away the pump closes the backend's iterator
 at the next token, which stops the generation at its next step.
 
-A failure mid-stream ends the stream with an error chunk that carries the request id only.
+Thinking text streams under ``delta.reasoning`` and ``delta.reasoning_content``; when tool calls are
+expected, the answer goes through the `Shape`'s stream parser (text deltas and ``delta.tool_calls``
+pieces, the calls it could not stream piece by piece at the end). A failure mid-stream ends the
+stream with an error chunk that carries the request id only.
 """
 
 from __future__ import annotations
@@ -109,8 +112,10 @@ async def sse_events(events: AsyncIterator[StreamEvent], shape: Shape, *, reques
         final: Generation | None = None
         try:
             async for item in events:
-                if item.text:
-                    yield _data(shape.text_chunk(item.text))
+                for chunk in shape.reasoning_chunks(item.reasoning) if item.reasoning else ():
+                    yield _data(chunk)
+                for chunk in shape.answer_chunks(item.text) if item.text else ():
+                    yield _data(chunk)
                 if item.final is not None:
                     final = item.final
         except Exception as exc:  # the headers are sent: the error goes in the stream
@@ -122,6 +127,8 @@ async def sse_events(events: AsyncIterator[StreamEvent], shape: Shape, *, reques
             yield _data(error_body(f"the stream ended without a result (request id {request_id})",
                                    type="server_error", code="internal_error"))
             return
+        for chunk in shape.closing_chunks():
+            yield _data(chunk)
         yield _data(shape.finish_chunk(final))
         if shape.include_usage:
             yield _data(shape.usage_chunk(final))

@@ -206,6 +206,23 @@ def test_default_level_thresholds(budget, level):
     assert ThinkingPolicy().level_for(budget) == level
 
 
+@pytest.mark.parametrize(("level", "budget"), [("none", 0), ("minimal", 256), ("low", 2048), ("medium", 8192),
+                                               ("high", 32768), ("xhigh", 65536), ("max", None)])
+def test_a_level_stands_for_its_ceiling(level, budget):
+    policy = ThinkingPolicy()
+    assert policy.budget_for(level) == budget
+    if budget:
+        assert policy.level_for(budget) == level  # the inverse of level_for
+
+
+def test_a_level_without_a_ceiling_takes_the_next_one_up():
+    policy = ThinkingPolicy(level_ceilings=(("low", 100), ("high", 1000)))
+    assert [policy.budget_for(lv) for lv in ("minimal", "low", "medium", "high", "xhigh")] == [100, 100, 1000, 1000,
+                                                                                               None]
+    with pytest.raises(TaleValueError, match="one of"):
+        policy.budget_for("extreme")
+
+
 @pytest.mark.parametrize(("model", "budget", "level"), [
     ("gpt-5", 20, "minimal"), ("o3", 20, "low"), ("gpt-5.1", 20, "low"),  # gpt-5.1's "none" is never chosen
     ("gpt-5-pro", 20, "high"), ("o3", 100000, "high"), ("gpt-5.6", 100000, "max"),

@@ -121,10 +121,11 @@ def test_serving_flags_reach_the_app(monkeypatch, tiny_model_dir):
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     args = parser().parse_args(["serve", "--model", str(tiny_model_dir), "--scheduler", "microbatch",
                                 "--max-queue", "7", "--max-tokens-limit", "99", "--allow-origin", "http://a.example",
-                                "--allow-host", "box.lan", "--shutdown-timeout", "5"])
+                                "--allow-host", "box.lan", "--shutdown-timeout", "5", "--constrain", "never"])
     run_serve(args)
     app = seen["app"]
     assert app.state.scheduler == "microbatch" and app.state.batcher.max_queue == 7
+    assert app.state.constrain == "never"
     assert seen["kwargs"]["timeout_graceful_shutdown"] == 5.0
     from fastapi.testclient import TestClient
 
@@ -159,4 +160,5 @@ def test_the_default_scheduler_is_continuous(monkeypatch, tiny_model_dir):
     app = seen["app"]
     assert app.state.scheduler == "continuous" and app.state.batcher.max_batch_size == 3
     assert app.state.batcher.scheduler.max_waiting == 256
+    assert app.state.constrain == "auto"
     assert parser().parse_args(["serve"]).max_tokens_limit == 4096

@@ -36,6 +36,14 @@ def chat(**fields: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": OK_MESSAGES, "max_tokens": 2, **fields}
 
 
+USER = {"role": "user", "content": "hi"}
+
+
+def fn(name: str, parameters: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """An OpenAI function tool."""
+    return {"type": "function", "function": {"name": name, "parameters": parameters or {"type": "object"}, **extra}}
+
+
 def completion(**fields: Any) -> dict[str, Any]:
     return {"model": MODEL, "prompt": "hi", "max_tokens": 2, **fields}
 
@@ -144,26 +152,63 @@ CASES = [
     ("completion-empty-prompt", COMPLETIONS, completion(prompt=" "), 400, "invalid_value", "prompt"),
     ("completion-too-long", COMPLETIONS, completion(prompt="step by step " * 200), 400, "context_length_exceeded",
      "messages"),
+    # tools, structured output and thinking
+    ("tools-not-list", CHAT, chat(tools="add"), 400, "invalid_value", "tools"),
+    ("tool-not-json-schema", CHAT, chat(tools=[fn("f", {"type": "objekt"})]), 400, "invalid_value", "tools"),
+    ("tool-without-name", CHAT, chat(tools=[{"type": "function", "function": {"parameters": {}}}]), 400,
+     "invalid_value", "tools"),
+    ("tool-choice-missing-tool", CHAT, chat(tools=[fn("f")], tool_choice={"type": "function", "function": {
+        "name": "g"}}), 400, "invalid_value", "tool_choice"),
+    ("tool-choice-without-tools", CHAT, chat(tool_choice="required"), 400, "invalid_value", "tool_choice"),
+    ("strict-tool-uncompilable", CHAT, chat(tools=[fn("f", {"type": "object", "properties": {"xs": {
+        "type": "array", "uniqueItems": True}}}, strict=True)]), 400, "invalid_value", "tools[0].function.parameters"),
+    ("required-tool-uncompilable", CHAT, chat(tools=[fn("f", {"type": "object", "properties": {"xs": {
+        "type": "array", "uniqueItems": True}}})], tool_choice="required"), 400, "invalid_value",
+     "tools[0].function.parameters"),
+    ("response-format-kind", CHAT, chat(response_format={"type": "yaml"}), 400, "invalid_value", "response_format"),
+    ("json-schema-without-schema", CHAT, chat(response_format={"type": "json_schema", "json_schema": {"name": "x"}}),
+     400, "invalid_value", "response_format.json_schema"),
+    ("json-schema-not-schema", CHAT, chat(response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"required": "a"}}}), 400, "invalid_value", "response_format.json_schema.schema"),
+    ("json-schema-uncompilable", CHAT, chat(response_format={"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "array", "uniqueItems": True}}}), 400, "invalid_value",
+     "response_format.json_schema.schema"),
+    ("tool-result-unmatched", CHAT, chat(messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}]), 400,
+     "invalid_value", "messages[0].tool_call_id"),
+    ("tool-call-arguments", CHAT, chat(messages=[USER, {"role": "assistant", "tool_calls": [{
+        "id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]), 400,
+     "invalid_value", "messages[1].tool_calls[0].function.arguments"),
+    ("reasoning-effort-word", CHAT, chat(reasoning_effort="lots"), 400, "invalid_value", "reasoning_effort"),
+    ("thinking-budget-negative", CHAT, chat(thinking_token_budget=-1), 400, "invalid_value", "thinking_token_budget"),
+    ("thinking-both", CHAT, chat(reasoning_effort="low", thinking_token_budget=5), 400, "invalid_value",
+     "thinking_token_budget"),
+    ("thinking-and-tale", CHAT, chat(thinking_token_budget=5, tale_budget=9), 400, "invalid_value",
+     "thinking_token_budget"),
+    ("template-kwargs-own", CHAT, chat(chat_template_kwargs={"tokenize": False}), 400, "invalid_value",
+     "chat_template_kwargs"),
+    ("template-kwargs-list", CHAT, chat(chat_template_kwargs=["x"]), 400, "invalid_value", "chat_template_kwargs"),
+    ("include-reasoning-word", CHAT, chat(include_reasoning="yes"), 400, "invalid_value", "include_reasoning"),
     # 404: unknown model
     ("unknown-model", CHAT, chat(model="gpt-4o"), 404, "model_not_found", "model"),
     ("unknown-model-completions", COMPLETIONS, completion(model="gpt-4o"), 404, "model_not_found", "model"),
     # 422: well-formed but unsupported
     ("n-2", CHAT, chat(n=2), 422, "unsupported_parameter", "n"),
-    ("tools", CHAT, chat(tools=[{"type": "function", "function": {"name": "f"}}]), 422, "unsupported_parameter",
-     "tools"),
-    ("tool-choice", CHAT, chat(tool_choice="auto"), 422, "unsupported_parameter", "tool_choice"),
+    ("hosted-tool", CHAT, chat(tools=[{"type": "web_search"}]), 422, "unsupported_parameter", "tools[0].type"),
+    ("tools-and-json", CHAT, chat(tools=[fn("f")], response_format={"type": "json_object"}), 422,
+     "unsupported_parameter", "response_format"),
+    ("legacy-functions", CHAT, chat(functions=[{"name": "f"}]), 422, "unsupported_parameter", "functions"),
+    ("function-message", CHAT, chat(messages=[{"role": "function", "name": "f", "content": "x"}]), 422,
+     "unsupported_parameter", "messages[0]"),
+    ("reasoning-effort-no-thinking", CHAT, chat(reasoning_effort="low"), 422, "unsupported_parameter",
+     "reasoning_effort"),
+    ("thinking-budget-no-thinking", CHAT, chat(thinking_token_budget=5), 422, "unsupported_parameter",
+     "thinking_token_budget"),
     ("logprobs", CHAT, chat(logprobs=True), 422, "unsupported_parameter", "logprobs"),
     ("top-logprobs", CHAT, chat(top_logprobs=3), 422, "unsupported_parameter", "top_logprobs"),
-    ("json-schema", CHAT, chat(response_format={"type": "json_schema", "json_schema": {"name": "x"}}), 422,
-     "unsupported_parameter", "response_format"),
-    ("json-object", CHAT, chat(response_format={"type": "json_object"}), 422, "unsupported_parameter",
-     "response_format"),
     ("top-p", CHAT, chat(top_p=0.5), 422, "unsupported_parameter", "top_p"),
     ("presence-penalty", CHAT, chat(presence_penalty=0.5), 422, "unsupported_parameter", "presence_penalty"),
     ("image-part", CHAT, chat(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]), 422,
      "unsupported_parameter", "messages[0].content"),
-    ("tool-message", CHAT, chat(messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}]), 422,
-     "unsupported_parameter", "messages[0]"),
     ("enforce-without-enforcer", CHAT, chat(tale_budget=9, tale_enforce=True), 422, "unsupported_parameter",
      "tale_enforce"),
     ("completion-n-2", COMPLETIONS, completion(n=2), 422, "unsupported_parameter", "n"),

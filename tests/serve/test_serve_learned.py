@@ -55,7 +55,8 @@ def check_tale(tale: dict[str, Any]) -> None:
     from tale_integrations.core.decision import RECORD_KEYS
 
     assert tale["estimator"] == "learned"
-    assert tale["estimator_usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    assert tale["estimator_usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0,
+                                     "completion_tokens_details": {"reasoning_tokens": 0}}
     assert (tale["budget"], tale["budget_raw"], tale["budget_source"], tale["budget_adjusted"]) == (
         BUDGET, RAW, "learned", None)
     assert tale["enforced"] is False

@@ -153,8 +153,9 @@ def test_auto_asks_the_engines_model_and_reports_its_usage(serve, scripted_gener
     tale = r.model_extra["tale"]
     assert tale["budget"] == 40 and tale["budget_source"] == tale["estimator"] == "zero-shot:forty"
     estimate_prompt = len(forty.encode_chat(estimation_messages(QUESTION)))
-    assert tale["estimator_usage"] == {"prompt_tokens": estimate_prompt, "completion_tokens": 64,
-                                       "total_tokens": estimate_prompt + 64}  # the estimator's cap
+    assert tale["estimator_usage"] == {"prompt_tokens": estimate_prompt, "completion_tokens": 64,  # its cap
+                                       "total_tokens": estimate_prompt + 64,
+                                       "completion_tokens_details": {"reasoning_tokens": 0}}
     assert r.usage.completion_tokens == 45  # usage is the answer call's; the estimate is in tale
     answer = [MESSAGES[0], {"role": "user", "content": question_prompt(QUESTION, budget=40,
                                                                         format=QuestionFormat.CHAT)}]
