@@ -19,9 +19,11 @@ tokens (Qwen3 style); a template may also close an empty block in the prompt to 
   an end-of-turn token scores above every other token (greedy decoding would pick it) the model is
   taken to be done thinking, and the end marker is forced from that step, as at the budget (a cut
   character finished first); the answer follows. Otherwise the end-of-turn tokens are set to -inf
-  inside the block, so neither greedy nor sampled decoding picks one. A model that closes the block
-  itself is left alone; so is everything after the block, and a row without a budget (the rule
-  then exists only for the answer rules, and its model may end inside the block). The answer after
+  inside the block, so neither greedy nor sampled decoding picks one. After a forced end marker
+  the row may not end its turn before its answer has some text (the first few answer tokens). A
+  model that closes the block itself is left alone, and so is everything after its own end marker,
+  and a row without a budget (the rule then exists only for the answer rules, and its model may end
+  inside the block). The answer after
   the block is shown to the row's answer rules (the budget enforcer, a structured-output
   constraint) as if it were the whole output: they never see, nor constrain, the thinking. The
   row's output cap is set above ``overhead + B + answer_reserve`` (`ThinkingMarkers.overhead`), so
@@ -59,6 +61,9 @@ __all__ = ["KNOWN_MARKERS", "PromptState", "ThinkingBudget", "ThinkingMarkers", 
 KNOWN_MARKERS: tuple[tuple[str, str], ...] = (
     ("<think>", "</think>"), ("<thinking>", "</thinking>"), ("<|START_THINKING|>", "<|END_THINKING|>"),
 )
+
+#: Answer tokens after a forced end marker during which a row may not end its turn while its answer is blank.
+BLANK_ANSWER_TOKENS = 4
 
 #: How a prompt leaves the thinking: ``"open"`` (the template opened a block), ``"closed"`` (it closed
 #: an empty one: no thinking), ``"none"`` (the model may open one with its first tokens).
@@ -292,6 +297,9 @@ class ThinkingBudget(ForcingRule):
         #: The step at which the model wanted to end its turn inside the block (the end marker is
         #: forced from there); None while it has not.
         self.closing_at: int | None = None
+        #: The step at which the end marker began to be forced (the block did not close by the
+        #: model's own choice); None while it has not.
+        self.forced_at: int | None = None
 
     def forced_token(self, generated: Sequence[int]) -> int | None:
         """The token this row must emit next (hint or end marker), or None to let the model choose."""
@@ -314,6 +322,8 @@ class ThinkingBudget(ForcingRule):
         start = self.clean_break(generated, due, first)
         if start is None or step - start >= len(self.markers.end_ids):
             return None
+        if self.forced_at is None or self.forced_at > start:
+            self.forced_at = start
         return self.markers.end_ids[step - start]
 
     def apply(self, generated: Sequence[int], scores: Any) -> None:
@@ -327,6 +337,10 @@ class ThinkingBudget(ForcingRule):
             force_token(scores, token)
             return
         tracker = self.tracker
+        if self.forced_at is not None and len(generated) < self.forced_at:  # another sequence
+            self.forced_at = None
+        if self.forced_at is not None and tracker.answer_start is not None:
+            self._no_empty_answer(generated[tracker.answer_start :], scores)
         if not self.answer_rules:
             return
         if tracker.answer_start is not None:
@@ -338,6 +352,15 @@ class ThinkingBudget(ForcingRule):
             kept = scores[first].clone()
             apply_rules(self.answer_rules, [], scores)
             scores[first] = kept
+
+    def _no_empty_answer(self, answer: Sequence[int], scores: Any) -> None:
+        """After a forced end marker: no end of turn until the answer has some text (the model may
+        have meant to stop with its thinking; the answer it was closed for comes first)."""
+        if len(answer) >= BLANK_ANSWER_TOKENS or (answer and self.markers.tokenizer.decode(answer).strip()):
+            return
+        if self.eos_ids.device != scores.device:
+            self.eos_ids = self.eos_ids.to(scores.device)
+        scores[self.eos_ids] = -float("inf")
 
     def _no_end_of_turn(self, generated: Sequence[int], scores: Any) -> int | None:
         """Inside the block: mask the end-of-turn tokens; if one of them was above every other token,

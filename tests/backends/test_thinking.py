@@ -518,3 +518,35 @@ def test_concurrent_rows_keep_their_own_trackers(chain):
 
     (a,), (b,) = asyncio.run(both())
     assert a.usage.reasoning_tokens == 3 and b.usage.reasoning_tokens == 8
+
+
+# -- after a forced end marker -----------------------------------------------------------------------------
+
+
+def test_a_row_closed_by_force_answers_before_it_may_end(chain, think_tok):
+    """A model that would end its turn right after a forced end marker (its answer left inside the thinking) is
+    held to answer: its end of turn is masked until the answer has some text."""
+    script = {"Ċ": "<think>", "<think>": " 7", " 7": " 7", "</think>": "EOS", "[[40]]": "EOS"}
+    gen = chain(script, default="[[40]]")
+    [g] = gen.generate([Q], max_tokens=60, thinking_budgets=[2])
+    assert g.reasoning == "7 7"
+    assert g.text == "[[40]]" and g.finish_reason == "stop"  # the runner-up, then the end of turn it wanted
+    assert g.usage.output_tokens == g.usage.reasoning_tokens + 2
+    [s] = [e.final for e in gen.stream(Q, max_tokens=60, thinking_budget=2) if e.final is not None]
+    assert s == g
+    from tale_integrations.backends.hf.scheduler import StepScheduler
+
+    scheduler = StepScheduler(gen, max_rows=2).start()
+    try:
+        rows = [scheduler.submit(Q, max_tokens=60, thinking_budget=b) for b in (2, None)]
+        held, free = [r.result(60) for r in rows]
+    finally:
+        scheduler.close(timeout=60)
+    assert held == g
+    assert free.text == "" and free.finish_reason == "length"  # no budget: thinks to the cap
+
+
+def test_a_row_that_closes_by_itself_may_still_end_at_once(chain):
+    script = {**CLOSES_EARLY, "</think>": "EOS"}
+    [g] = chain(script).generate([Q], max_tokens=60, thinking_budgets=[10])
+    assert g.text == "" and g.reasoning == "xyz"  # its own close: nothing after it changes
